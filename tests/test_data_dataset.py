@@ -1,0 +1,77 @@
+"""ldm/data/dataset.py: source parsing and the shapes dataset behind open_dataset."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.data import open_dataset, parse_source
+from ldm.data.shapes import SPLITS, canonical_prompt, render_scene
+from ldm.data.transforms import to_tensor
+
+
+def test_parse_source():
+    assert parse_source("shapes") == ("shapes", {})
+    assert parse_source("shapes:objects=1,size=6000") == ("shapes", {"objects": 1, "size": 6000})
+    assert parse_source("/data/my:folder") == ("/data/my:folder", {})
+    with pytest.raises(ValueError, match="allowed: objects=N"):
+        parse_source("shapes:colour=red")
+
+
+def test_shapes_items_match_the_ground_truth():
+    dataset = open_dataset("shapes:objects=2,size=50", resolution=32, seed=3)
+    assert len(dataset) == 50 and dataset.skipped == {}
+    for i in range(0, 50, 7):
+        item = dataset[i]
+        assert item["pixel_values"].shape == (3, 32, 32) and item["pixel_values"].dtype == torch.float32
+        assert torch.equal(item["pixel_values"], to_tensor(render_scene(dataset.scene(i), 32)))
+        colours = {o.colour for o in dataset.scene(i).objects}
+        assert all(c in item["caption"] for c in colours)
+    again = open_dataset("shapes:objects=2,size=50", resolution=32, seed=3)
+    assert (
+        torch.equal(dataset[5]["pixel_values"], again[5]["pixel_values"])
+        and dataset[5]["caption"] == again[5]["caption"]
+    )
+    with pytest.raises(IndexError):
+        dataset[50]
+
+
+def test_shapes_options_and_splits():
+    assert max(len(open_dataset("shapes:objects=1", resolution=32).scene(i).objects) for i in range(50)) == 1
+    assert max(len(open_dataset("shapes", resolution=32).scene(i).objects) for i in range(50)) == 3
+    firsts = {s: open_dataset("shapes", resolution=32, split=s).scene(0) for s in SPLITS}
+    assert len({canonical_prompt(s) for s in firsts.values()}) == 3
+    by_seed = [
+        [open_dataset(f"shapes:seed={k}", resolution=32).scene(i) for i in range(10)] for k in (0, 0, 1)
+    ]
+    assert by_seed[0] == by_seed[1] != by_seed[2]
+    with pytest.raises(ValueError, match="objects"):
+        open_dataset("shapes:objects=4", resolution=32)
+    with pytest.raises(ValueError, match="split"):
+        open_dataset("shapes", resolution=32, split="validation")
+
+
+def test_shapes_random_flip_keeps_captions_true():
+    random.seed(0)
+    plain = open_dataset("shapes:objects=1,size=200", resolution=32)
+    flipping = open_dataset("shapes:objects=1,size=200", resolution=32, random_flip=True)
+    flips = 0
+    for i in range(200):
+        a, b = plain[i], flipping[i]
+        if not ("left" in a["caption"] or "right" in a["caption"]):
+            continue
+        if a["caption"] != b["caption"]:
+            flips += 1
+            assert torch.equal(b["pixel_values"], a["pixel_values"].flip(-1))
+            assert ("left" in a["caption"]) == ("right" in b["caption"])
+        else:
+            assert torch.equal(a["pixel_values"], b["pixel_values"])
+    assert flips > 5
+
+
+def test_dataloader_batches_and_speed_sanity():
+    dataset = open_dataset("shapes", resolution=32)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
+    assert batch["pixel_values"].shape == (8, 3, 32, 32) and len(batch["caption"]) == 8
+    assert np.isfinite(batch["pixel_values"].numpy()).all()

@@ -1,0 +1,186 @@
+"""ldm/data/shapes.py: the spec constants, determinism, split rules, caption truth and rendering geometry."""
+
+import itertools
+import math
+import re
+
+import numpy as np
+import pytest
+
+from ldm.data import shapes
+from ldm.data.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    canonical_prompt,
+    caption_scene,
+    render_scene,
+    scene_for_index,
+)
+
+
+def _scenes(split, n, max_objects=3, seed=0):
+    return [scene_for_index(i, seed=seed, split=split, max_objects=max_objects) for i in range(n)]
+
+
+def test_constants_cover_the_spec():
+    assert len(COLOURS) >= 6 and len(SHAPES) >= 4 and set(SIZES) == {"small", "large"}
+    assert set(POSITIONS) == {"left", "right", "top", "bottom", "centre"} and len(BACKGROUNDS) >= 3
+    colours = [c for c, _ in HELD_OUT]
+    shapes_ = [s for _, s in HELD_OUT]
+    assert len(set(colours)) == len(colours) and len(set(shapes_)) == len(shapes_)
+    assert all(c in COLOURS and s in SHAPES for c, s in HELD_OUT)
+
+
+def test_every_colour_contrasts_with_every_background_and_other_colours():
+    for colour, background in itertools.product(COLOURS.values(), BACKGROUNDS.values()):
+        assert math.dist(colour, background) >= 100
+    for a, b in itertools.combinations(COLOURS.values(), 2):
+        assert math.dist(a, b) >= 100
+
+
+def test_deterministic_by_seed_split_index():
+    assert _scenes("train", 20) == _scenes("train", 20)
+    assert _scenes("train", 20) != _scenes("train", 20, seed=1)
+    assert _scenes("train", 20) != _scenes("test", 20)
+    scene = scene_for_index(7)
+    assert render_scene(scene, 32).tobytes() == render_scene(scene, 32).tobytes()
+    assert caption_scene(scene, np.random.default_rng(3)) == caption_scene(scene, np.random.default_rng(3))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_train_and_test_never_contain_held_out_pairs(split):
+    for scene in _scenes(split, 3000):
+        assert not {(o.colour, o.shape) for o in scene.objects} & HELD_OUT
+
+
+def test_heldout_scenes_all_contain_a_held_out_pair():
+    scenes = _scenes("heldout", 500)
+    assert all({(o.colour, o.shape) for o in s.objects} & HELD_OUT for s in scenes)
+    assert {(s.objects[0].colour, s.objects[0].shape) for s in scenes} == set(HELD_OUT)
+
+
+def test_scene_statistics_cover_all_attributes():
+    scenes = _scenes("train", 1000)
+    objects = [o for s in scenes for o in s.objects]
+    assert {len(s.objects) for s in scenes} == {1, 2, 3}
+    assert {o.colour for o in objects} == set(COLOURS) and {o.shape for o in objects} == set(SHAPES)
+    assert {o.size for o in objects} == set(SIZES) and {o.position for o in objects} == set(POSITIONS)
+    assert {s.background for s in scenes} == set(BACKGROUNDS)
+    assert {len(s.objects) for s in _scenes("train", 200, max_objects=1)} == {1}
+
+
+def test_objects_never_overlap_and_positions_are_distinct():
+    for scene in _scenes("train", 500):
+        assert len({o.position for o in scene.objects}) == len(scene.objects)
+        for a, b in itertools.combinations(scene.objects, 2):
+            (ax, ay), (bx, by) = POSITIONS[a.position], POSITIONS[b.position]
+            # Boxes of side s_a, s_b centred at a, b are disjoint iff separated on one axis.
+            reach = (SIZES[a.size] + SIZES[b.size]) / 2
+            assert abs(ax - bx) >= reach or abs(ay - by) >= reach
+
+
+def _words(text):
+    return set(re.findall(r"[a-z]+", text))
+
+
+PLURALS = {s + ("es" if s.endswith("s") else "s"): s for s in SHAPES}
+POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre"}
+
+
+def _check_caption(caption, scene):
+    words = _words(caption)
+    objects = scene.objects
+    named_shapes = {PLURALS.get(w, w) for w in words} & set(SHAPES)
+    assert named_shapes == {o.shape for o in objects}, caption
+    assert words & set(COLOURS) == {o.colour for o in objects}, caption
+    assert words & set(SIZES) <= {o.size for o in objects}, caption
+    assert words & set(POSITION_WORDS) <= {o.position for o in objects}, caption
+    assert words & set(BACKGROUNDS) <= {scene.background}, caption
+    if len(objects) == 1:
+        assert not words & {"two", "three"}, caption
+    elif scene.is_repeat:
+        assert {"two": 2, "three": 3}[caption.split()[0]] == len(objects), caption
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_captions_are_true_of_their_scene(split):
+    templates = set()
+    for i, scene in enumerate(_scenes(split, 400)):
+        caption = caption_scene(scene, np.random.default_rng(i))
+        templates.add(caption.split()[0] + str("background" in caption) + str(len(scene.objects)))
+        _check_caption(caption, scene)
+    assert len(templates) >= 6  # several templates are in use
+
+
+def test_canonical_prompt_names_every_attribute():
+    for scene in _scenes("train", 200):
+        prompt = canonical_prompt(scene)
+        _check_caption(prompt, scene)
+        words = _words(prompt)
+        assert scene.background in words and {o.size for o in scene.objects} <= words
+        if not scene.is_repeat:
+            assert {o.position for o in scene.objects} <= words
+    one = Scene((ShapeObject("circle", "red", "small", "left"),), "white")
+    assert canonical_prompt(one) == "a small red circle on the left, on a white background"
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128, 256])
+def test_render_size_and_background(resolution):
+    scene = scene_for_index(0)
+    image = render_scene(scene, resolution)
+    assert image.size == (resolution, resolution) and image.mode == "RGB"
+    assert image.getpixel((0, 0)) == BACKGROUNDS[scene.background]
+
+
+# Filled area of each shape as a fraction of its box, computed from the documented geometry.
+AREAS = {
+    "circle": math.pi / 4,
+    "square": 1.0,
+    "triangle": 0.5,
+    "cross": 2 * shapes.CROSS_BAR - shapes.CROSS_BAR**2,
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_render_geometry_matches_the_documented_spec(shape):
+    resolution = 128
+    obj = ShapeObject(shape, "blue", "large", "right")
+    pixels = np.asarray(render_scene(Scene((obj,), "white"), resolution)).astype(int)
+    close = np.abs(pixels - np.array(COLOURS["blue"])).sum(-1) < 60
+    side = SIZES["large"] * resolution
+    assert abs(close.sum() / side**2 - AREAS[shape]) < 0.06
+    cx, cy = (np.array(POSITIONS["right"]) * resolution).astype(int)
+    assert close[cy, cx]  # every shape covers its centre
+    ys, xs = np.nonzero(close)
+    assert abs(xs.mean() - cx) < 2  # all shapes are left–right symmetric about the centre
+    assert xs.min() >= cx - side / 2 - 1 and xs.max() <= cx + side / 2 + 1
+    assert ys.min() >= cy - side / 2 - 1 and ys.max() <= cy + side / 2 + 1
+
+
+def test_mirrored_scene_renders_as_the_flipped_image():
+    scene = Scene(
+        (ShapeObject("triangle", "green", "small", "left"), ShapeObject("cross", "cyan", "small", "top")),
+        "grey",
+    )
+    flipped = np.asarray(render_scene(scene, 64))[:, ::-1]
+    mirrored = np.asarray(render_scene(scene.mirrored(), 64))
+    # Equal up to anti-aliasing at the edges (Pillow rasterises a sub-pixel differently when mirrored).
+    difference = np.abs(flipped.astype(int) - mirrored.astype(int)).sum(-1)
+    assert (difference > 30).mean() < 0.01
+    assert [o.position for o in scene.mirrored().objects] == ["right", "top"]
+
+
+def test_bad_arguments_raise_value_errors():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="split"):
+        shapes.sample_scene(rng, split="validation")
+    with pytest.raises(ValueError, match="max_objects"):
+        shapes.sample_scene(rng, max_objects=4)
+    with pytest.raises(ValueError, match="resolution"):
+        render_scene(scene_for_index(0), 4)
