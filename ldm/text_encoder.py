@@ -1,0 +1,84 @@
+"""The CLIP text encoder: built from scratch by preset, or loaded (with its tokenizer) from a local folder."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+# Architecture presets for a from-scratch CLIPTextModel; vocabulary and length come from the tokenizer.
+TEXT_ENCODER_PRESETS: dict[str, dict] = {
+    # ~1 M parameters besides the embedding: enough for the built-in shapes/emoji captions on a CPU.
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512),
+    "small": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    # The text tower of OpenAI CLIP ViT-L/14, Stable Diffusion 1.x's text encoder (123 M parameters).
+    "clip-vit-l": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                       projection_dim=768, hidden_act="quick_gelu"),
+}
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either set makes a CLIPTokenizer
+
+
+def build_text_encoder(*, tokenizer: CLIPTokenizer, preset: str) -> CLIPTextModel:
+    """A randomly initialised `CLIPTextModel` of `preset` size that fits `tokenizer`.
+
+    Its vocabulary is `len(tokenizer)`, its positions `tokenizer.model_max_length`, and its BOS/EOS/pad ids
+    the tokenizer's (CLIP pools the text at the EOS token). Output: `last_hidden_state` `(B, L, hidden_size)`.
+    """
+    if preset not in TEXT_ENCODER_PRESETS:
+        choices = sorted(TEXT_ENCODER_PRESETS)
+        raise ValueError(f"unknown text encoder preset {preset!r}; choose one of {choices}.")
+    if tokenizer.model_max_length > 4096:
+        raise ValueError("the tokenizer has no model_max_length; set it in its tokenizer_config.json.")
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **TEXT_ENCODER_PRESETS[preset],
+    )
+    return CLIPTextModel(config)
+
+
+def _locate_parts(path: Path) -> tuple[Path, Path]:
+    """(text encoder folder, tokenizer folder) inside a pipeline folder or a transformers folder."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"text encoder folder not found: {path}")
+    if (path / "text_encoder").is_dir():  # diffusers / Stable Diffusion pipeline layout
+        encoder_dir, tokenizer_dir = path / "text_encoder", path / "tokenizer"
+        if not tokenizer_dir.is_dir():
+            raise FileNotFoundError(f"{path} has text_encoder/ but no tokenizer/ folder.")
+    else:
+        encoder_dir = tokenizer_dir = path
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{encoder_dir} has no config.json: expected a transformers CLIP text model "
+                                f"folder or a pipeline folder with text_encoder/ and tokenizer/.")
+    if not any(all((tokenizer_dir / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{tokenizer_dir} has no tokenizer files (vocab.json + merges.txt, or "
+                                f"tokenizer.json).")
+    return encoder_dir, tokenizer_dir
+
+
+def load_text_encoder(path: str | Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """Load a CLIP text encoder and its tokenizer from a local folder (float32, eval mode).
+
+    `path` is either a transformers folder (config.json, weights and tokenizer files together; the text tower
+    of a full CLIP checkpoint works too) or a Stable Diffusion pipeline folder with `text_encoder/` and
+    `tokenizer/`.
+    """
+    encoder_dir, tokenizer_dir = _locate_parts(Path(path))
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(str(encoder_dir), local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"could not load the text encoder from {path}: {first_line}") from None
+    positions = text_encoder.config.max_position_embeddings
+    if len(tokenizer) > text_encoder.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the text encoder only "
+                         f"{text_encoder.config.vocab_size} embeddings.")
+    if tokenizer.model_max_length > positions:
+        # A tokenizer saved without model_max_length reports a huge default; the positions are the real limit.
+        logger.warning("Tokenizer model_max_length %s exceeds the text encoder's %d positions; using %d.",
+                       tokenizer.model_max_length, positions, positions)
+        tokenizer.model_max_length = positions
+    return text_encoder, tokenizer
