@@ -1,0 +1,96 @@
+"""Deterministic per-step data order and randomness: exact resumes, results independent of process count.
+
+The rule both trainers follow: training step `s` (one micro-batch when accumulating gradients) always sees the
+same *global* batch of dataset indices and the same random draws, whatever the number of processes and
+however often the run was stopped and resumed. Indices come from a permutation seeded by `(seed, epoch)`;
+every random draw of step `s` comes from a `torch.Generator` seeded by `(seed, s)` that draws for the whole
+global batch, and each process keeps its own slice `rank * b : (rank + 1) * b`. With data-parallel gradient
+averaging, 2 processes × batch b then compute the same update as 1 process × batch 2b.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.data import Sampler
+
+_STEP_STRIDE = 1_000_003  # a prime: (seed, step) pairs map to distinct generator seeds for any realistic run
+
+
+def _mixed_seed(seed: int, counter: int) -> int:
+    return (seed * _STEP_STRIDE + counter) % (2**63 - 1)
+
+
+def global_batch_indices(num_items: int, global_batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Dataset indices of the global batch of `step`: LongTensor (global_batch_size,) in [0, num_items).
+
+    Step s reads positions [s·G, (s+1)·G) of the endless stream made of one fresh permutation per epoch
+    (seeded by `(seed, epoch)`), so a batch may straddle two epochs and every item is seen once per epoch.
+    """
+    if num_items <= 0:
+        raise ValueError("the dataset is empty, so there is nothing to train on.")
+    start = step * global_batch_size
+    picked = []
+    for position in range(start, start + global_batch_size):
+        epoch, offset = divmod(position, num_items)
+        picked.append((epoch, offset))
+    perms = {epoch: _epoch_permutation(num_items, seed, epoch) for epoch, _ in picked}
+    return torch.stack([perms[epoch][offset] for epoch, offset in picked])
+
+
+@functools.lru_cache(maxsize=4)  # a batch touches at most two epochs; avoid a randperm per step
+def _epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(_mixed_seed(seed, epoch)))
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for every random draw of `step` (noise, timesteps, dropout masks, posterior samples)."""
+    # Offset by 1 so step generators never coincide with the epoch permutations above.
+    return torch.Generator(device=device).manual_seed(_mixed_seed(seed + 1, step))
+
+
+def local_slice(tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This process's share of a global-batch tensor: rows [rank·b, (rank+1)·b), b = len / world_size."""
+    if tensor.shape[0] % world_size:
+        raise ValueError(f"a global batch of {tensor.shape[0]} does not split over {world_size} processes.")
+    b = tensor.shape[0] // world_size
+    return tensor[rank * b:(rank + 1) * b]
+
+
+def sliced_randn(local_shape: tuple[int, ...], *, generator: torch.Generator, rank: int, world_size: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of shape `local_shape` = (b, ...): drawn for the global batch (world_size·b, ...)
+    from `generator`, then sliced for `rank`, so the draw is independent of the process count."""
+    global_shape = (local_shape[0] * world_size, *local_shape[1:])
+    noise = torch.randn(global_shape, generator=generator, device=generator.device, dtype=dtype)
+    return local_slice(noise, rank, world_size).to(device)
+
+
+def sliced_rand(local_shape: tuple[int, ...], *, generator: torch.Generator, rank: int, world_size: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform [0, 1) draws of shape `local_shape`, drawn for the global batch, sliced like `sliced_randn`."""
+    global_shape = (local_shape[0] * world_size, *local_shape[1:])
+    draws = torch.rand(global_shape, generator=generator, device=generator.device)
+    return local_slice(draws, rank, world_size).to(device)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batch sampler for `DataLoader(dataset, batch_sampler=...)`: yields this process's local index list for
+    steps `start_step, start_step + 1, …, end_step - 1` (len = end_step - start_step).
+
+    Do not pass the resulting DataLoader to `accelerator.prepare` — it is already sharded.
+    """
+
+    def __init__(self, num_items: int, *, batch_size: int, start_step: int, end_step: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self):
+        for step in range(self.start_step, self.end_step):
+            indices = global_batch_indices(self.num_items, self.batch_size * self.world_size, step, self.seed)
+            yield local_slice(indices, self.rank, self.world_size).tolist()

@@ -1,0 +1,27 @@
+"""Learning-rate schedules stepped once per optimizer step, independent of the number of processes."""
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from torch.optim.lr_scheduler import LambdaLR
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, *, name: str, warmup_steps: int, max_steps: int,
+                      accelerator: Accelerator) -> LambdaLR:
+    """A diffusers schedule (`name` in LR_SCHEDULES, linear warm-up over `warmup_steps`) for `max_steps`
+    optimizer steps, registered for checkpointing.
+
+    Deliberately not passed to `accelerator.prepare`: a prepared scheduler steps once per process per step,
+    which would shorten warm-up and decay by the process count. Call `scheduler.step()` once per optimizer
+    step.
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+    if name == "constant":
+        name = "constant_with_warmup"
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    return scheduler

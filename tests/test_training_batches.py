@@ -1,0 +1,36 @@
+"""ldm/training/batches.py: per-step data order and randomness independent of resumes and process count."""
+import torch
+
+from ldm.training import StepBatchSampler, global_batch_indices, local_slice, sliced_randn, step_generator
+
+
+def test_each_epoch_is_a_permutation_and_steps_tile_the_stream():
+    num_items, global_batch = 7, 3
+    # 14 steps × 3 = 42 items = 6 epochs of 7
+    stream = torch.cat([global_batch_indices(num_items, global_batch, s, seed=5) for s in range(14)])
+    for epoch in range(6):
+        assert sorted(stream[epoch * num_items:(epoch + 1) * num_items].tolist()) == list(range(num_items))
+    assert not torch.equal(stream[:num_items], stream[num_items:2 * num_items])  # reshuffled every epoch
+
+
+def test_same_step_same_batch_and_seed_changes_it():
+    a = global_batch_indices(100, 8, 42, seed=0)
+    assert torch.equal(a, global_batch_indices(100, 8, 42, seed=0))
+    assert not torch.equal(a, global_batch_indices(100, 8, 42, seed=1))
+
+
+def test_sampler_shards_cover_the_global_batch_and_resume_mid_run():
+    full = list(StepBatchSampler(20, batch_size=4, start_step=0, end_step=6, seed=3))
+    ranks = [list(StepBatchSampler(20, batch_size=2, start_step=0, end_step=6, seed=3, rank=r, world_size=2))
+             for r in range(2)]
+    assert [r0 + r1 for r0, r1 in zip(*ranks)] == full  # 2 processes × 2 == 1 process × 4
+    resumed = list(StepBatchSampler(20, batch_size=4, start_step=4, end_step=6, seed=3))
+    assert resumed == full[4:]
+
+
+def test_sliced_noise_is_the_single_process_draw_split():
+    whole = torch.randn((6, 2, 3), generator=step_generator(0, 9))
+    parts = [sliced_randn((3, 2, 3), generator=step_generator(0, 9), rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert torch.equal(local_slice(whole, 1, 3), whole[2:4])
+    assert not torch.equal(whole, torch.randn((6, 2, 3), generator=step_generator(0, 10)))
