@@ -1,0 +1,147 @@
+"""Prompt adherence and sample diversity for the shapes evaluation, and their aggregation per guidance weight.
+
+A *scene* here is anything with `.background` (a name or None) and `.objects` (a sequence of objects
+with `.colour`, `.shape`, `.size`, `.position`, each a name or None). `None` means "not stated" in a prompt
+scene and is never checked. Both `ldm.data.shapes` scenes and `ldm.eval.reader.ReadScene` fit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ldm.data.shapes import Scene
+
+OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position")
+ATTRIBUTES = ("count",) + OBJECT_ATTRIBUTES + ("background",)
+SPLITS = ("seen", "held_out")
+
+
+def prompt_statement(scene: Scene) -> Scene:
+    """What `ldm.data.shapes.canonical_prompt(scene)` states: everything, except that a repeat ("two blue
+    squares ...") names no positions, so those become None (unchecked)."""
+    if not scene.is_repeat:
+        return scene
+    objects = tuple(dataclasses.replace(obj, position=None) for obj in scene.objects)
+    return Scene(objects=objects, background=scene.background)
+
+
+def attribute_matches(prompt_scene, read_scene) -> dict[str, bool]:
+    """Per-attribute correctness of `read_scene` against what `prompt_scene` states.
+
+    `count` compares the number of objects; an object attribute is right when the multiset of its stated
+    values equals the multiset read back (so order does not matter); `background` compares names.
+    Attributes the prompt leaves unstated (None everywhere) are absent from the result.
+    """
+    matches = {"count": len(prompt_scene.objects) == len(read_scene.objects)}
+    for name in OBJECT_ATTRIBUTES:
+        stated = [getattr(obj, name) for obj in prompt_scene.objects if getattr(obj, name) is not None]
+        if not stated:
+            continue
+        read = Counter(getattr(obj, name) for obj in read_scene.objects)
+        if len(stated) == len(prompt_scene.objects):
+            matches[name] = Counter(stated) == read
+        else:  # only some objects state it: those values must all be among the read ones
+            matches[name] = not (Counter(stated) - read)
+    if prompt_scene.background is not None:
+        matches["background"] = prompt_scene.background == read_scene.background
+    return matches
+
+
+def _object_fits(prompt_obj, read_obj) -> bool:
+    return all(getattr(prompt_obj, name) in (None, getattr(read_obj, name)) for name in OBJECT_ATTRIBUTES)
+
+
+def adherence(prompt_scene, read_scene) -> bool:
+    """True when every attribute the prompt states is right: same object count, a one-to-one pairing of prompt
+    objects with read objects in which every stated attribute agrees, and the stated background."""
+    if len(prompt_scene.objects) != len(read_scene.objects):
+        return False
+    if prompt_scene.background is not None and prompt_scene.background != read_scene.background:
+        return False
+    # scenes hold a handful of objects, so trying every pairing is cheap and exact
+    return any(
+        all(_object_fits(p, r) for p, r in zip(prompt_scene.objects, order))
+        for order in itertools.permutations(read_scene.objects)
+    )
+
+
+def _as_float_array(image) -> np.ndarray:
+    """PIL image or uint8 / float array (H, W, C) → float64 array (H, W, 3) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    array = np.asarray(image)
+    return array.astype(np.float64) / 255.0 if array.dtype == np.uint8 else array.astype(np.float64)
+
+
+def diversity(images) -> float:
+    """Mean pairwise RMS pixel distance between images of one prompt, in [0, 1].
+
+    images: ≥ 2 same-sized PIL images or arrays (H, W, 3) (uint8 in [0, 255] or float in [0, 1]). For each
+    pair the distance is ‖a − b‖₂ / √(H·W·3), i.e. the L2 distance normalised so it does not grow with
+    resolution; 0 means identical images, 1 means black versus white everywhere.
+    """
+    arrays = [_as_float_array(image) for image in images]
+    if len(arrays) < 2:
+        raise ValueError(f"diversity needs at least 2 images of a prompt, got {len(arrays)}.")
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError("diversity needs images of one size.")
+    distances = [math.sqrt(np.mean((a - b) ** 2)) for a, b in itertools.combinations(arrays, 2)]
+    return float(np.mean(distances))
+
+
+@dataclass
+class SampleRecord:
+    """One generated image, read back: its guidance weight, prompt split and what was right."""
+    w: float
+    split: str  # "seen" or "held_out"
+    prompt: str
+    seed: int
+    adherent: bool
+    attributes: dict  # attribute name → bool, as attribute_matches returns
+
+
+@dataclass
+class PromptDiversity:
+    """Diversity of all the seeds of one prompt at one guidance weight."""
+    w: float
+    split: str
+    prompt: str
+    diversity: float
+
+
+def _rate(flags: list[bool]) -> dict:
+    correct = int(sum(flags))
+    return {"rate": correct / len(flags) if flags else None, "correct": correct, "total": len(flags)}
+
+
+def summarise_sweep(records: list[SampleRecord], diversities: list[PromptDiversity], *,
+                    weights) -> list[dict]:
+    """Aggregate per guidance weight w (one dict per w, in `weights` order).
+
+    Each dict: `w`, `guidance_scale` (= w + 1), `adherence[split]` = {rate, correct, total},
+    `attribute_accuracy[split][attribute]` = {rate, correct, total}, and `diversity[split]` /
+    `diversity["all"]` = mean over prompts (None where no prompt had ≥ 2 images). Rates are None for an
+    empty split.
+    """
+    summary = []
+    for w in weights:
+        at_w = [r for r in records if r.w == w]
+        entry = {"w": w, "guidance_scale": w + 1, "adherence": {}, "attribute_accuracy": {}, "diversity": {}}
+        for split in SPLITS:
+            in_split = [r for r in at_w if r.split == split]
+            entry["adherence"][split] = _rate([r.adherent for r in in_split])
+            entry["attribute_accuracy"][split] = {
+                name: _rate([r.attributes[name] for r in in_split if name in r.attributes])
+                for name in ATTRIBUTES
+            }
+        for split in SPLITS + ("all",):
+            values = [d.diversity for d in diversities if d.w == w and split in (d.split, "all")]
+            entry["diversity"][split] = float(np.mean(values)) if values else None
+        summary.append(entry)
+    return summary

@@ -1,0 +1,309 @@
+"""`ldm-eval`: prompt adherence and diversity over a sweep of guidance weights, on the built-in shapes data.
+
+    ldm-eval --model PIPELINE_DIR --out EVALDIR --weights 0,1,2,4,8 --seeds-per-prompt 8
+
+Prompts are `canonical_prompt`s of shapes scenes: "seen" ones from the test split (colour–shape pairs the
+model trained on) and "held-out" ones whose first object is a `HELD_OUT` pair (never seen together in
+training). Each prompt is sampled with the same seeds at every w (guidance_scale = w + 1), each image is
+read back with `ldm.eval.reader.read_scene`, and EVALDIR gets eval.json (every number and every image's
+reading), adherence_vs_guidance.png, grid_w{w}.png and the PNGs under samples/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autoencoder.metrics import psnr, ssim
+from diffusers.utils import logging as diffusers_logging
+
+from ldm.data import shapes
+from ldm.data.dataset import open_dataset, parse_source
+from ldm.eval import metrics
+from ldm.eval.plot import plot_guidance_sweep
+from ldm.eval.reader import read_scene
+from ldm.grid import make_grid
+from ldm.training.config import build_parser, save_config
+from pipelines.folder import load_pipeline
+from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
+
+logger = logging.getLogger("ldm-eval")
+
+EVAL_SPLITS = {"seen": "test", "held_out": "heldout"}  # our split name → shapes split the scenes come from
+GRID_SEEDS = 4  # images per prompt shown in each grid_w*.png (all are saved under samples/)
+GRID_CELL = 128  # grid tiles are enlarged (nearest neighbour) to about this side, so captions fit under them
+VAE_BATCH = 32
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file name torch-fidelity downloads
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a pipeline folder on the shapes data: adherence and diversity against the guidance weight."""
+    model: str = field(default="", metadata={"help": "pipeline folder to evaluate (required)"})
+    out: str = field(default="eval", metadata={"help": "output folder: eval.json, the plot, grids, samples"})
+    weights: str = field(default="0,1,2,4,8", metadata={
+        "help": "comma-separated guidance weights w; the pipeline runs at guidance_scale = w + 1"})
+    seeds_per_prompt: int = field(default=8, metadata={"help": "images per prompt at each w (same seeds)"})
+    prompts_per_split: int = field(default=12, metadata={"help": "distinct prompts per split"})
+    objects: int = field(default=shapes.DEFAULT_MAX_OBJECTS, metadata={
+        "help": "at most this many objects per prompt scene (1-3); match what the model was trained on"})
+    steps: int = field(default=20, metadata={"help": "sampler steps per image"})
+    scheduler: str = field(default=DEFAULT_SCHEDULER,
+                           metadata={"help": "sampler", "choices": list(SCHEDULERS)})
+    resolution: int = field(default=32, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "picks the prompt scenes and the sampling seeds"})
+    vae_data: str = field(default="shapes", metadata={
+        "help": "data for the VAE's PSNR/SSIM (any open_dataset source; built-ins use their test split)"})
+    vae_samples: int = field(default=256, metadata={"help": "images for the VAE figures; 0 skips them"})
+    fid_weights: str = field(default="", metadata={
+        "help": f"torch-fidelity Inception weights ({INCEPTION_FILE} or its folder) for FID/KID; "
+                "never downloaded"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda, cuda:N"})
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("--model is required (a pipeline folder).")
+        self.guidance_weights()  # raises on a bad list
+        for name in ("seeds_per_prompt", "prompts_per_split", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if not 1 <= self.objects <= 3:
+            raise ValueError(f"--objects must be 1, 2 or 3, got {self.objects}.")
+        if self.resolution < 16:
+            raise ValueError(f"--resolution must be at least 16 pixels, got {self.resolution}.")
+        if self.vae_samples < 0:
+            raise ValueError(f"--vae-samples must be >= 0, got {self.vae_samples}.")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
+
+    def guidance_weights(self) -> list[float]:
+        """The --weights list as floats (w ≥ 0, distinct, in the given order)."""
+        try:
+            values = [float(item) for item in self.weights.split(",") if item.strip()]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {self.weights!r}.") from None
+        if not values or min(values) < 0 or len(set(values)) != len(values):
+            raise ValueError(f"--weights must be distinct numbers >= 0, got {self.weights!r}.")
+        return values
+
+
+@dataclass
+class EvalPrompt:
+    split: str  # "seen" or "held_out"
+    prompt: str
+    scene: shapes.Scene  # ground truth the prompt was written from
+
+
+def build_prompt_set(*, prompts_per_split: int, max_objects: int, seed: int) -> list[EvalPrompt]:
+    """`prompts_per_split` distinct canonical prompts per split (seen first, then held-out)."""
+    prompts = []
+    for split, shapes_split in EVAL_SPLITS.items():
+        found: dict[str, shapes.Scene] = {}
+        for index in range(1000 * prompts_per_split):  # far more draws than distinct prompts ever need
+            scene = shapes.scene_for_index(index, seed=seed, split=shapes_split, max_objects=max_objects)
+            found.setdefault(shapes.canonical_prompt(scene), scene)
+            if len(found) == prompts_per_split:
+                break
+        prompts += [EvalPrompt(split, prompt, scene) for prompt, scene in found.items()]
+    return prompts
+
+
+def sample_seeds(*, seed: int, prompt_index: int, count: int) -> list[int]:
+    """Seeds of one prompt's images: distinct across prompts, identical at every w (paired comparison)."""
+    return [seed * 1_000_003 + prompt_index * 1000 + k for k in range(count)]
+
+
+def sample_prompt(pipe, prompt: str, *, seeds, guidance_scale: float, steps: int, resolution: int) -> list:
+    """All seeds of one prompt in one batched call, one generator per image; returns PIL images."""
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
+                num_images_per_prompt=len(seeds), generator=generators, height=resolution, width=resolution,
+                output_type="pil").images
+
+
+def score_prompt(item: EvalPrompt, images, *, w: float, seeds, files) -> tuple[list[dict], float | None]:
+    """Read each image back; returns (one record dict per image, diversity or None for a single image)."""
+    statement = metrics.prompt_statement(item.scene)
+    rows = []
+    for image, seed, file in zip(images, seeds, files):
+        seen = read_scene(image)
+        rows.append({"w": w, "split": item.split, "prompt": item.prompt, "seed": seed, "file": file,
+                     "adherent": metrics.adherence(statement, seen),
+                     "attributes": metrics.attribute_matches(statement, seen),
+                     "read": dataclasses.asdict(seen)})
+    return rows, (metrics.diversity(images) if len(images) > 1 else None)
+
+
+def run_sweep(pipe, prompts: list[EvalPrompt], config: EvalConfig,
+              out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Sample, save and read every (w, prompt, seed); write one grid per w. Returns (samples, diversities)."""
+    samples, diversities = [], []
+    for w in config.guidance_weights():
+        started, grid_images, grid_captions = time.perf_counter(), [], []
+        w_dir = out_dir / "samples" / f"w{w:g}"
+        w_dir.mkdir(parents=True, exist_ok=True)
+        for index, item in enumerate(prompts):
+            seeds = sample_seeds(seed=config.seed, prompt_index=index, count=config.seeds_per_prompt)
+            images = sample_prompt(pipe, item.prompt, seeds=seeds, guidance_scale=w + 1, steps=config.steps,
+                                   resolution=config.resolution)
+            files = [f"samples/w{w:g}/{item.split}-{index:03d}-seed{s}.png" for s in seeds]
+            for image, file in zip(images, files):
+                image.save(out_dir / file)
+            rows, value = score_prompt(item, images, w=w, seeds=seeds, files=files)
+            samples += rows
+            if value is not None:
+                diversities.append({"w": w, "split": item.split, "prompt": item.prompt, "diversity": value})
+            scale = max(1, GRID_CELL // config.resolution)
+            grid_images += [im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+                            for im in images[:GRID_SEEDS]]
+            grid_captions += [f"{'held-out' if item.split == 'held_out' else 'seen'}: {item.prompt}"] + \
+                [""] * (min(GRID_SEEDS, len(images)) - 1)
+        make_grid(grid_images, captions=grid_captions, ncols=min(GRID_SEEDS, config.seeds_per_prompt)).save(
+            out_dir / f"grid_w{w:g}.png")
+        at_w = [s for s in samples if s["w"] == w]
+        logger.info("w = %g: adherence %.1f%% over %d images (%.1f s)", w,
+                    100 * np.mean([s["adherent"] for s in at_w]), len(at_w), time.perf_counter() - started)
+    return samples, diversities
+
+
+@torch.no_grad()
+def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
+    """PSNR (dB) and SSIM of VAE reconstructions (posterior mean, decoded) on up to `samples` held-out
+    images."""
+    split = "test" if parse_source(data)[0] in ("shapes", "emoji") else "train"  # folders have no test split
+    dataset = open_dataset(data, resolution=resolution, split=split, size=samples)
+    count = min(samples, len(dataset))
+    psnrs, ssims = [], []
+    for start in range(0, count, VAE_BATCH):
+        indices = range(start, min(start + VAE_BATCH, count))
+        pixel_values = torch.stack([dataset[i]["pixel_values"] for i in indices])
+        pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+        reconstructions = vae.decode(vae.encode(pixel_values).latent_dist.mode()).sample
+        psnrs.append(psnr(pixel_values, reconstructions).float().cpu())
+        ssims.append(ssim(pixel_values, reconstructions).float().cpu())
+    psnr_values, ssim_values = torch.cat(psnrs), torch.cat(ssims)
+    finite = psnr_values[torch.isfinite(psnr_values)]  # a perfect reconstruction has infinite PSNR
+    return {"data": data, "split": split, "images": count,
+            "psnr": float(finite.mean()) if len(finite) else None, "ssim": float(ssim_values.mean())}
+
+
+def fid_kid(samples: list[dict], prompts: list[EvalPrompt], *, weights_path: str, out_dir: Path,
+            resolution: int) -> dict:
+    """FID and KID per w against renders of the prompts' own scenes, via torch-fidelity and local Inception
+    weights; {"skipped": reason} when either is missing (nothing is ever downloaded)."""
+    if not weights_path:
+        return {"skipped": "no --fid-weights given"}
+    if importlib.util.find_spec("torch_fidelity") is None:
+        return {"skipped": "torch-fidelity is not installed (pip install torch-fidelity)"}
+    path = Path(weights_path)
+    path = path / INCEPTION_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"--fid-weights: no Inception weights file at {path}.")
+    import torch_fidelity
+
+    reference = out_dir / "fid_reference"
+    reference.mkdir(exist_ok=True)
+    scenes = {item.prompt: item.scene for item in prompts}
+    first_w = samples[0]["w"]
+    for k, row in enumerate(s for s in samples if s["w"] == first_w):  # one render per generated image
+        shapes.render_scene(scenes[row["prompt"]], resolution).save(reference / f"{k:05d}.png")
+    count = len(list(reference.glob("*.png")))
+    results = {}
+    for w in dict.fromkeys(s["w"] for s in samples):
+        scores = torch_fidelity.calculate_metrics(
+            input1=str(out_dir / "samples" / f"w{w:g}"), input2=str(reference), fid=True, kid=True,
+            kid_subset_size=min(1000, count), feature_extractor_weights_path=str(path),
+            cuda=torch.cuda.is_available(), verbose=False, cache=False)
+        results[f"{w:g}"] = {"fid": scores["frechet_inception_distance"],
+                             "kid": scores["kernel_inception_distance_mean"]}
+    return results
+
+
+def _best_weight(sweep: list[dict]) -> dict:
+    """The w with the highest held-out adherence (ties: the smaller w, i.e. the more diverse)."""
+    rated = [entry for entry in sweep if entry["adherence"]["held_out"]["rate"] is not None]
+    best = max(rated, key=lambda entry: (entry["adherence"]["held_out"]["rate"], -entry["w"]))
+    return {"w": best["w"], "held_out_adherence": best["adherence"]["held_out"]["rate"],
+            "seen_adherence": best["adherence"]["seen"]["rate"]}
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Run the whole evaluation and write EVALDIR; returns the eval.json content."""
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "eval_config.json")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    pipe = load_pipeline(config.model, device=device)
+    pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = build_prompt_set(prompts_per_split=config.prompts_per_split, max_objects=config.objects,
+                               seed=config.seed)
+    logger.info("%d prompts (%d seen, %d held-out) x %d seeds x %d weights on %s", len(prompts),
+                sum(p.split == "seen" for p in prompts), sum(p.split == "held_out" for p in prompts),
+                config.seeds_per_prompt, len(config.guidance_weights()), device)
+
+    started = time.perf_counter()
+    samples, diversities = run_sweep(pipe, prompts, config, out_dir)
+    sampling_s = time.perf_counter() - started
+    records = [metrics.SampleRecord(s["w"], s["split"], s["prompt"], s["seed"], s["adherent"],
+                                    s["attributes"]) for s in samples]
+    per_prompt = [metrics.PromptDiversity(**d) for d in diversities]
+    sweep = metrics.summarise_sweep(records, per_prompt, weights=config.guidance_weights())
+    plot_guidance_sweep(out_dir / "adherence_vs_guidance.png", weights=[e["w"] for e in sweep],
+                        adherence_seen=[e["adherence"]["seen"]["rate"] for e in sweep],
+                        adherence_held_out=[e["adherence"]["held_out"]["rate"] for e in sweep],
+                        diversity=[e["diversity"]["all"] for e in sweep])
+
+    if config.vae_samples and getattr(pipe, "vae", None) is not None:
+        vae = evaluate_vae(pipe.vae, data=config.vae_data, samples=config.vae_samples,
+                           resolution=config.resolution)
+    else:
+        vae = {"skipped": "--vae-samples 0" if not config.vae_samples else "the pipeline has no vae"}
+    fidelity = fid_kid(samples, prompts, weights_path=config.fid_weights, out_dir=out_dir,
+                       resolution=config.resolution)
+    if "skipped" in fidelity:
+        logger.info("FID/KID skipped: %s", fidelity["skipped"])
+
+    report = {
+        "config": dataclasses.asdict(config), "device": device, "sampling_seconds": round(sampling_s, 2),
+        "diversity_metric": "mean pairwise RMS pixel distance in [0, 1] between the images of one prompt",
+        "best": _best_weight(sweep), "sweep": sweep, "vae": vae, "fid_kid": fidelity,
+        "prompts": [{"split": p.split, "prompt": p.prompt, "scene": dataclasses.asdict(p.scene)}
+                    for p in prompts],
+        "diversity_per_prompt": diversities, "samples": samples,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    diffusers_logging.disable_progress_bar()  # loading bars would bury the one-line errors
+    parser = build_parser(EvalConfig)
+    parser.prog = "ldm-eval"
+    args = parser.parse_args(argv)
+    try:
+        config = EvalConfig(**vars(args))
+        report = evaluate(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("w     seen    held-out  diversity")
+    for entry in report["sweep"]:
+        rates = [entry["adherence"][s]["rate"] for s in metrics.SPLITS] + [entry["diversity"]["all"]]
+        print(f"{entry['w']:<5g} " + "  ".join("   -    " if r is None else f"{r:8.3f}" for r in rates))
+    print(f"wrote {Path(config.out) / 'eval.json'}, adherence_vs_guidance.png and grid_w*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
