@@ -42,11 +42,16 @@ def encode_prompt(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
 
     Gradients flow when the encoder is trainable; wrap the call in `torch.no_grad()` for a frozen encoder.
     """
-    input_ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
+    return encode_input_ids(text_encoder, tokenize_prompts(tokenizer, prompts), pad_token_id=tokenizer.pad_token_id)
+
+
+def encode_input_ids(text_encoder, input_ids: torch.LongTensor, *, pad_token_id: int) -> torch.Tensor:
+    """`encode_prompt` for ids already made by `tokenize_prompts` `(B, L)` (trainers tokenize captions once)."""
+    input_ids = input_ids.to(text_encoder.device)
     attention_mask = None
     # Stock StableDiffusionPipeline passes a mask only when the config asks for one (CLIP's doesn't).
     if getattr(text_encoder.config, "use_attention_mask", False):
-        attention_mask = (input_ids != tokenizer.pad_token_id).long()
+        attention_mask = (input_ids != pad_token_id).long()
     prompt_embeds = text_encoder(input_ids, attention_mask=attention_mask)[0]
     return prompt_embeds.to(dtype=text_encoder.dtype)
 

@@ -1,0 +1,153 @@
+"""train_ldm.py end to end on tiny components: exact resume, stock-pipeline output, errors, data parallel."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+import train_ldm
+from ldm.conditioning import encode_prompt, null_prompt_embeds
+from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+
+REPO = Path(__file__).resolve().parents[1]
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+TEXT_WEIGHTS = "text_encoder/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny VAE folder, a tiny U-Net config JSON and a tiny pretrained text-encoder folder."""
+    root = tmp_path_factory.mktemp("parts")
+    tiny_vae().save_pretrained(root / "vae")
+    unet_config = {k: v for k, v in tiny_unet().config.items() if not k.startswith("_")}
+    (root / "unet.json").write_text(json.dumps(unet_config))
+    tokenizer = tiny_tokenizer(root / "te_tokenizer")
+    tiny_text_encoder(tokenizer).save_pretrained(root / "te")
+    tokenizer.save_pretrained(root / "te")
+    return root
+
+
+def _args(parts, out, *extra):
+    return ["--data", "shapes", "--data-size", "16", "--resolution", "32", "--vae", str(parts / "vae"),
+            "--output-dir", str(out), "--config", str(parts / "unet.json"), "--batch-size", "4",
+            "--warmup-steps", "1", "--lr", "1e-3", "--tokenizer-vocab-size", "600", *extra]
+
+
+def _weights(folder, name=UNET_WEIGHTS):
+    return load_file(str(Path(folder) / name))
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The `error: ...` lines of a run's stderr (progress bars aside); there must be no traceback."""
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_resume_is_exact(parts, tmp_path):
+    """N steps + resume + N steps == 2N steps, bit for bit (U-Net, from-scratch text encoder, EMA)."""
+    common = ("--ema", "--ema-decay", "0.9", "--checkpoint-every", "2")
+    assert train_ldm.main(_args(parts, tmp_path / "straight", "--max-steps", "4", *common)) == 0
+    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "2", *common)) == 0
+    resumed = _args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)
+    assert train_ldm.main(resumed) == 0
+    for name in (UNET_WEIGHTS, TEXT_WEIGHTS):
+        straight, split = _weights(tmp_path / "straight", name), _weights(tmp_path / "split", name)
+        assert straight.keys() == split.keys()
+        for key in straight:
+            assert torch.equal(straight[key], split[key]), key
+    # Training did move the weights away from the initial ones.
+    initial = {k: v for k, v in tiny_unet().state_dict().items()}
+    assert any(not torch.equal(initial[k], v) for k, v in _weights(tmp_path / "straight").items())
+    # The learned tokenizer's length fits the captions (< CLIP's 77) and matches the encoder's positions.
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "split"), local_files_only=True)
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings < 77
+    saved = json.loads((tmp_path / "split" / train_ldm.CONFIG_FILE).read_text())
+    assert saved["max_steps"] == 4 and saved["resume"] == "latest"
+
+
+def test_stock_pipeline_loads_and_generates(parts, tmp_path):
+    """Frozen pretrained text encoder, v-prediction: stock diffusers loads the folder offline and samples."""
+    out = tmp_path / "out"
+    assert train_ldm.main(_args(parts, out, "--max-steps", "2", "--text-encoder", str(parts / "te"),
+                                "--prediction-type", "v_prediction", "--beta-schedule", "scaled_linear",
+                                "--val-prompts", "a red circle|a blue square", "--val-steps", "2")) == 0
+    assert (out / "samples" / "final.png").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True, safety_checker=None)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    # The frozen encoder is saved unchanged.
+    reference = tiny_text_encoder(tiny_tokenizer(tmp_path / "tok")).state_dict()
+    for key, value in _weights(out, TEXT_WEIGHTS).items():
+        assert torch.equal(value, reference[key]), key
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
+
+
+def test_frozen_caption_embeddings_match_encode_prompt(tmp_path):
+    """Cached caption embeddings equal ldm.conditioning.encode_prompt; dropped rows equal the null prompt."""
+    tokenizer = tiny_tokenizer(tmp_path)
+    text_encoder = tiny_text_encoder(tokenizer)
+    captions = ["a red circle", "a blue square", "a red circle", "the left triangle"]
+    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=False)
+    assert embedder.table.shape[0] == 3  # one row per unique caption
+    indices, keep = torch.tensor([3, 0, 2]), torch.tensor([True, False, True])
+    with torch.no_grad():
+        expected = encode_prompt(text_encoder, tokenizer, [captions[3], "", captions[2]])
+        null = null_prompt_embeds(text_encoder, tokenizer)
+    got = embedder(indices, keep)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got[1:2], null)
+
+
+def test_non_finite_loss_stops_with_one_line_error(parts, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = train_ldm.main(_args(parts, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
+                                "--checkpoint-every", "1", "--text-encoder", str(parts / "te")))
+    assert code == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: non-finite loss") and "at step 2" in err[0]
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step-1" and f"checkpoints/{latest}" in err[0]  # names the last good checkpoint
+    assert not (out / "model_index.json").exists()
+
+
+def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
+    code = train_ldm.main(["--data", "shapes", "--vae", str(tmp_path / "nope"),
+                           "--output-dir", str(tmp_path / "o")])
+    assert code == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "nope" in err[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adam_without_bitsandbytes_is_a_one_line_error(parts, tmp_path, capsys):
+    assert train_ldm.main(_args(parts, tmp_path / "o", "--use-8bit-adam")) == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "bitsandbytes" in err[0]
+    assert not (tmp_path / "o").exists()  # rejected before any work
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_double_batch(parts, tmp_path):
+    """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              str(REPO / "train_ldm.py")]
+    args = ["--max-steps", "3", "--checkpoint-every", "0"]
+    two = _args(parts, tmp_path / "two", *args)
+    two[two.index("--batch-size") + 1] = "2"
+    result = subprocess.run(launch + two, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert train_ldm.main(_args(parts, tmp_path / "one", *args)) == 0
+    for name in (UNET_WEIGHTS, TEXT_WEIGHTS):
+        one, two_w = _weights(tmp_path / "one", name), _weights(tmp_path / "two", name)
+        for key in one:
+            torch.testing.assert_close(two_w[key], one[key], rtol=1e-4, atol=1e-5, msg=key)

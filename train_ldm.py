@@ -1,0 +1,394 @@
+"""Stage 2: train a text-conditioned U-Net in a frozen VAE's latent space.
+
+    accelerate launch train_ldm.py --data shapes --vae OUT/vae --output-dir OUT2 --preset cpu-small
+
+(plain `python train_ldm.py ...` works too). The output is a diffusers pipeline folder that stock
+`StableDiffusionPipeline.from_pretrained(OUT2)` loads, plus `train_config.json`, checkpoints, TensorBoard logs
+and validation grids. All diffusion maths lives in `ldm.objective`, the text conditioning in
+`ldm.conditioning`.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from transformers import CLIPTokenizer
+
+from autoencoder.presets import build_vae
+from ldm.conditioning import drop_mask, encode_input_ids, null_prompt_embeds, tokenize_prompts
+from ldm.data import open_dataset
+from ldm.grid import make_grid
+from ldm.latents import load_or_encode
+from ldm.objective import (diffusion_loss, make_noise_scheduler, min_snr_weights, sample_noise, snr,
+                           training_target)
+from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
+from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
+from ldm.training.accelerator import average_gradients, make_accelerator
+from ldm.training.batches import global_batch_indices, local_slice, step_generator
+from ldm.training.checkpoint import CheckpointManager
+from ldm.training.config import option, parse_config, save_config
+from ldm.training.ema import ema_weights, make_ema
+from ldm.training.guards import NonFiniteLossError, check_finite
+from ldm.training.optim import LR_SCHEDULES, make_lr_scheduler
+from ldm.training.progress import TrainingProgress
+from ldm.unet import UNET_PRESETS, build_unet
+from pipelines.folder import save_pipeline_folder
+from pipelines.pipeline_text_to_image import TextToImagePipeline
+from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+logger = logging.getLogger("train_ldm")
+
+CONFIG_FILE = "train_config.json"
+EMBED_CACHE_MAX_BYTES = 2 * 1024**3  # cache frozen-encoder embeddings per unique caption up to this size
+
+
+@dataclass
+class TrainConfig:
+    """Train a text-to-image latent diffusion U-Net (stage 2) in a frozen VAE's latent space."""
+
+    data: str = option("", "training data: 'shapes', 'emoji', an image folder, tar shards or an HF dataset")
+    vae: str = option("", "the stage-1 VAE folder (train_vae.py output) or a pipeline folder with vae/")
+    output_dir: str = option("", "where the pipeline folder, checkpoints, logs and samples go")
+    data_size: int | None = option(None, "number of items to use (procedural sources: how many to render)")
+    caption_column: str = option("text", "caption column for metadata / HF datasets")
+    resolution: int = option(32, "image side in pixels (latents are resolution / VAE factor)")
+    # Text side: from scratch (tokenizer learned from the captions) unless --text-encoder is given.
+    text_encoder: str | None = option(None, "pretrained CLIP text encoder (transformers/SD pipeline folder)")
+    train_text_encoder: bool = option(False, "also train a pretrained --text-encoder (from scratch: always)")
+    text_preset: str = option("tiny", "from-scratch text encoder size", choices=sorted(TEXT_ENCODER_PRESETS))
+    tokenizer_vocab_size: int = option(1024, "from-scratch BPE vocabulary size (>= 515)")
+    # U-Net: exactly one of preset / config / pretrained.
+    preset: str | None = option(None, "U-Net preset (default cpu-small)", choices=sorted(UNET_PRESETS))
+    config: str | None = option(None, "U-Net config JSON (UNet2DConditionModel arguments)")
+    pretrained: str | None = option(None, "fine-tune the unet/ of this pipeline folder")
+    # Objective (ldm.objective).
+    prediction_type: str = option("epsilon", "what the U-Net predicts", choices=("epsilon", "v_prediction"))
+    beta_schedule: str = option("linear", "noise schedule (DDPM linear 1e-4..0.02)",
+                                choices=("linear", "scaled_linear", "cosine"))
+    num_train_timesteps: int = option(1000, "T, the number of diffusion steps")
+    min_snr_gamma: float | None = option(None, "min-SNR-γ loss weighting, e.g. 5 (arXiv:2303.09556)")
+    offset_noise: float = option(0.0, "offset-noise strength, e.g. 0.1 (Guttenberg 2023, crosslabs.org)")
+    zero_terminal_snr: bool = option(False, "rescale betas to zero terminal SNR (arXiv:2305.08891)")
+    cond_dropout: float = option(0.1, "probability of replacing a caption by the empty prompt (for guidance)")
+    # Optimisation.
+    max_steps: int = option(2000, "optimizer steps")
+    batch_size: int = option(32, "images per process per micro-step")
+    grad_accum: int = option(1, "micro-steps per optimizer step")
+    lr: float = option(2e-4, "AdamW learning rate (U-Net and trainable text encoder)")
+    lr_schedule: str = option("constant", "learning-rate schedule after warm-up", choices=LR_SCHEDULES)
+    warmup_steps: int = option(100, "linear learning-rate warm-up steps")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    use_8bit_adam: bool = option(False, "bitsandbytes 8-bit AdamW (needs bitsandbytes)")
+    mixed_precision: str = option("no", "autocast precision (bf16 also works on CPU)",
+                                  choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the U-Net")
+    ema: bool = option(False, "keep an EMA of the U-Net weights (used for validation and the saved model)")
+    ema_decay: float = option(0.9999, "EMA decay")
+    # Bookkeeping.
+    checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (0: only at the end)")
+    resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
+    val_every: int = option(0, "sample the validation prompts every N steps (0: only at the end)")
+    val_prompts: str = option("", "validation prompts separated by '|' (empty: no validation grids)")
+    val_guidance_scale: float = option(4.0, "guidance scale for validation samples (w + 1)")
+    val_steps: int = option(25, "sampler steps for validation samples")
+    seed: int = option(0, "seed for initialisation, data order and every per-step random draw")
+
+    def __post_init__(self):
+        for name in ("data", "vae", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required.")
+        chosen = [name for name in ("preset", "config", "pretrained") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of --preset, --config, --pretrained, not {', '.join(chosen)}.")
+        if not chosen:
+            self.preset = "cpu-small"
+        if self.pretrained and not self.text_encoder:
+            self.text_encoder = self.pretrained  # the U-Net's cross-attention expects that pipeline's encoder
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ValueError(f"--cond-dropout must be in [0, 1], got {self.cond_dropout}.")
+        for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
+
+    @property
+    def prompts(self) -> list[str]:
+        return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
+
+
+class CaptionEmbedder:
+    """Prompt embeddings `(b, L, D)` for dataset items, with conditioning dropout to the null condition.
+
+    Captions are tokenized once (`ldm.conditioning.tokenize_prompts`). A frozen encoder embeds each unique
+    caption once (if that fits in EMBED_CACHE_MAX_BYTES); a trainable one runs every step, and the null
+    embedding (`ldm.conditioning.null_prompt_embeds`, the sampler's ε(x) condition) is then recomputed with
+    gradients.
+    """
+
+    def __init__(self, text_encoder, tokenizer, captions: list[str], *, trainable: bool):
+        self.text_encoder, self.tokenizer, self.trainable = text_encoder, tokenizer, trainable
+        unique = list(dict.fromkeys(captions))
+        position = {caption: i for i, caption in enumerate(unique)}
+        self.caption_index = torch.tensor([position[c] for c in captions])  # (N,) → row of input_ids
+        self.input_ids = tokenize_prompts(tokenizer, unique)  # (U, L)
+        self.table, self.null = None, None
+        if trainable:
+            return
+        with torch.no_grad():
+            self.null = null_prompt_embeds(text_encoder, tokenizer)
+            table_bytes = len(unique) * self.null[0].numel() * self.null.element_size()
+            if table_bytes <= EMBED_CACHE_MAX_BYTES:
+                self.table = torch.cat([self._encode(ids) for ids in self.input_ids.split(256)])
+
+    def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return encode_input_ids(self.text_encoder, input_ids, pad_token_id=self.tokenizer.pad_token_id)
+
+    def __call__(self, indices: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition."""
+        rows = self.caption_index[indices]
+        if self.table is not None:
+            prompt_embeds = self.table[rows]
+        else:
+            with torch.set_grad_enabled(self.trainable):
+                prompt_embeds = self._encode(self.input_ids[rows])
+        null = self.null if self.null is not None else null_prompt_embeds(self.text_encoder, self.tokenizer)
+        return torch.where(keep[:, None, None].to(prompt_embeds.device), prompt_embeds, null)
+
+
+def learn_tokenizer(captions: list[str], *, out_dir: Path, vocab_size: int) -> None:
+    """Learn a CLIP BPE tokenizer from `captions` into `out_dir`, with model_max_length cut to what they need.
+
+    The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
+    shorter sequences make the text encoder and every cross-attention cheaper.
+    """
+    shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
+    tokenizer = train_clip_tokenizer(captions, out_dir=out_dir, vocab_size=vocab_size,
+                                     model_max_length=CLIP_MAX_LENGTH)
+    longest = max(len(ids) for ids in tokenizer(list(dict.fromkeys(captions))).input_ids)
+    tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, accelerator):
+    """(text_encoder, tokenizer, trainable): pretrained from --text-encoder, or learned from the captions."""
+    if config.text_encoder:
+        text_encoder, tokenizer = load_text_encoder(config.text_encoder)
+        trainable = config.train_text_encoder
+    else:
+        tokenizer_dir = output_dir / "tokenizer"
+        with accelerator.main_process_first():  # the main process learns it, the others read it
+            if accelerator.is_main_process and not config.resume:
+                learn_tokenizer(captions, out_dir=tokenizer_dir, vocab_size=config.tokenizer_vocab_size)
+            tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+        # Re-seed: encoding the data (main process only, and only without a cache) draws from the global RNG,
+        # and every process must start from the same weights.
+        set_seed(config.seed)
+        text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config.text_preset)
+        trainable = True
+    text_encoder.requires_grad_(trainable)
+    text_encoder.train(trainable)
+    return text_encoder, tokenizer, trainable
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits: ~4x less memory)."""
+    if not config.use_8bit_adam:
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    import bitsandbytes as bnb  # optional dependency; TrainConfig checked that it is installed
+
+    return bnb.optim.AdamW8bit(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def speed_up_attention(unet, accelerator) -> None:
+    """xformers memory-efficient attention on CUDA when installed; diffusers' default (SDPA) otherwise."""
+    from diffusers.utils.import_utils import is_xformers_available
+
+    if accelerator.device.type == "cuda" and is_xformers_available():
+        unet.enable_xformers_memory_efficient_attention()
+        logger.info("using xformers attention")
+
+
+def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, config: TrainConfig,
+                    micro_step: int, scaling_factor: float, accelerator) -> torch.Tensor:
+    """The loss (scalar) of one micro-step on this process's slice of the global batch.
+
+    Every random draw comes from the micro-step's generator and covers the global batch, so the run does not
+    depend on the number of processes or on where it was resumed.
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    generator = step_generator(config.seed, micro_step)
+    indices = global_batch_indices(len(cache), config.batch_size * world, micro_step, config.seed)
+    latents = cache.sample(indices, scaling_factor=scaling_factor, generator=generator)
+    keep = ~drop_mask(len(indices), config.cond_dropout, generator)
+    noise = sample_noise(latents, offset_noise=config.offset_noise, generator=generator)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
+    latents, noise, timesteps, keep, indices = (local_slice(t, rank, world)
+                                                for t in (latents, noise, timesteps, keep, indices))
+    latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
+
+    prompt_embeds = embedder(indices, keep)
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+    noise_pred = unet(noisy_latents, timesteps, prompt_embeds).sample
+    weights = min_snr_weights(snr(noise_scheduler, timesteps), gamma=config.min_snr_gamma,
+                              prediction_type=config.prediction_type)
+    return diffusion_loss(noise_pred, training_target(noise_scheduler, latents, noise, timesteps), weights)
+
+
+@torch.no_grad()
+def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig, path: Path):
+    """Sample the validation prompts with guidance into one captioned image grid saved at `path`."""
+    pipe = TextToImagePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                               scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(config.seed)  # the same noise at every validation
+    images = pipe(config.prompts, num_inference_steps=config.val_steps,
+                  guidance_scale=config.val_guidance_scale, generator=generator).images
+    grid = make_grid(images, captions=config.prompts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    logger.info("validation grid written to %s", path)
+    return grid
+
+
+def backward_micro_steps(step: int, *, unet, config: TrainConfig, accelerator, **loss_inputs) -> torch.Tensor:
+    """Forward and backward over the `grad_accum` micro-steps of optimizer step `step` (0-based).
+
+    Returns the mean loss over micro-steps and processes (a scalar every process agrees on).
+    """
+    losses = []
+    for k in range(config.grad_accum):
+        sync = k == config.grad_accum - 1  # DDP all-reduces the gradients on the last micro-step only
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(unet)), accelerator.autocast():
+            loss = micro_step_loss(unet=unet, config=config, accelerator=accelerator,
+                                   micro_step=step * config.grad_accum + k, **loss_inputs)
+        accelerator.backward(loss / config.grad_accum)
+        losses.append(loss.detach())
+    return accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train(config: TrainConfig) -> Path:
+    """Run stage 2 from `config`; return the output pipeline folder."""
+    output_dir = Path(config.output_dir)
+    accelerator = make_accelerator(output_dir=output_dir, mixed_precision=config.mixed_precision,
+                                   seed=config.seed, project_name="train_ldm")
+    if accelerator.is_main_process:
+        save_config(config, output_dir / CONFIG_FILE)
+
+    # Frozen VAE → latent cache (encoded once by the main process, read by the others).
+    vae = build_vae(pretrained=config.vae).to(accelerator.device).requires_grad_(False).eval()
+    with accelerator.main_process_first():
+        dataset = open_dataset(config.data, resolution=config.resolution, crop="center",
+                               caption_column=config.caption_column, size=config.data_size)
+        source = f"{config.data}|size={config.data_size}|captions={config.caption_column}"
+        cache = load_or_encode(vae, dataset, cache_dir=output_dir, source=source,
+                               resolution=config.resolution, device=accelerator.device)
+
+    # Text encoder, U-Net and noise schedule.
+    text_encoder, tokenizer, train_text = load_text_side(config, cache.captions, output_dir, accelerator)
+    text_encoder.to(accelerator.device)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
+    unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
+                      cross_attention_dim=text_encoder.config.hidden_size,
+                      sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels)
+    speed_up_attention(unet, accelerator)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if train_text:
+            text_encoder.gradient_checkpointing_enable()
+    noise_scheduler = make_noise_scheduler(beta_schedule=config.beta_schedule,
+                                           prediction_type=config.prediction_type,
+                                           zero_terminal_snr=config.zero_terminal_snr,
+                                           num_train_timesteps=config.num_train_timesteps)
+    sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
+    embedder = CaptionEmbedder(text_encoder, tokenizer, cache.captions, trainable=train_text)
+
+    # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
+    # the null prompt), so its gradients are averaged by hand.
+    parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+    optimizer = make_optimizer(parameters, config)
+    lr_scheduler = make_lr_scheduler(optimizer, name=config.lr_schedule, warmup_steps=config.warmup_steps,
+                                     max_steps=config.max_steps, accelerator=accelerator)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    if train_text:
+        accelerator.register_for_checkpointing(text_encoder)
+    ema = None
+    if config.ema:
+        ema = make_ema(accelerator.unwrap_model(unet), accelerator=accelerator, decay=config.ema_decay)
+    checkpoints = CheckpointManager(output_dir)
+    start = checkpoints.load(accelerator, checkpoints.resolve(config.resume)) if config.resume else 0
+
+    def validate(name: str) -> None:
+        if config.prompts and accelerator.is_main_process:
+            with ema_weights(ema, accelerator.unwrap_model(unet)) as model:
+                model.eval(), text_encoder.eval()
+                sample_grid(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model,
+                            scheduler=sampler, config=config, path=output_dir / "samples" / f"{name}.png")
+                model.train(), text_encoder.train(train_text)
+        accelerator.wait_for_everyone()
+
+    # Training loop. Closing the progress bar also on errors puts an error message on a line of its own.
+    global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
+    with contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
+                                             global_batch_size=global_batch)) as progress:
+        for step in range(start, config.max_steps):
+            loss = backward_micro_steps(step, unet=unet, config=config, accelerator=accelerator,
+                                        embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
+                                        scaling_factor=vae.config.scaling_factor)
+            check_finite(loss, step + 1, last_checkpoint=checkpoints.last_saved)
+            if train_text:
+                average_gradients(text_encoder.parameters(), accelerator)
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
+            if _due(step + 1, config.checkpoint_every) or step + 1 == config.max_steps:
+                checkpoints.save(accelerator, step + 1)
+            if _due(step + 1, config.val_every):
+                validate(f"step-{step + 1}")
+
+    # The pipeline folder (EMA weights when on) and a last validation grid.
+    validate("final")
+    if accelerator.is_main_process:
+        with ema_weights(ema, accelerator.unwrap_model(unet)) as model:
+            save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                 unet=model, scheduler=sampler)
+        logger.info("pipeline saved to %s", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ldm-train` / `accelerate launch train_ldm.py`: 0 on success, 1 with a one-line `error: ...`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        train(parse_config(TrainConfig, argv))
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
