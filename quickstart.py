@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldm.training.config import parse_config, save_config
+from ldm.training.config import run_command, save_config
 
 logger = logging.getLogger("quickstart")
 
@@ -82,7 +82,7 @@ def _run_stage(name: str, folder: Path, argv: list[str], timings: dict) -> None:
     result = subprocess.run([sys.executable, *argv], check=False)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {result.returncode}); run the quickstart again to resume it.")
+        raise ValueError(f"{name} failed (exit {result.returncode}); run the quickstart again to resume it.")
 
 
 def _summary(out: Path, timings: dict) -> str:
@@ -93,26 +93,24 @@ def _summary(out: Path, timings: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        cfg = parse_config(QuickstartConfig, argv)
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "quickstart_config.json")
-        timings_path = out / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-        for name, folder, stage_argv in _stage_commands(cfg, out):
-            try:
-                _run_stage(name, folder, stage_argv, timings)
-            finally:
-                timings_path.write_text(json.dumps(timings, indent=2))
-    except (ValueError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def run(cfg: QuickstartConfig) -> None:
+    """Run every unfinished stage in order, then print where the results are."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "quickstart_config.json")
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for name, folder, stage_argv in _stage_commands(cfg, out):
+        try:
+            _run_stage(name, folder, stage_argv, timings)
+        finally:
+            timings_path.write_text(json.dumps(timings, indent=2))
     print(_summary(out, timings))
-    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`ldm-quickstart`: 0 on success, 1 with a one-line `error: ...`."""
+    return run_command(run, QuickstartConfig, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,9 +34,9 @@ from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
 from ldm.training.accelerator import average_gradients, make_accelerator
 from ldm.training.batches import global_batch_indices, local_slice, step_generator
 from ldm.training.checkpoint import CheckpointManager
-from ldm.training.config import option, parse_config, save_config
+from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
-from ldm.training.guards import NonFiniteLossError, check_finite
+from ldm.training.guards import check_finite
 from ldm.training.optim import LR_SCHEDULES, make_lr_scheduler
 from ldm.training.progress import TrainingProgress
 from ldm.unet import UNET_PRESETS, build_unet
@@ -381,13 +381,7 @@ def train(config: TrainConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`ldm-train` / `accelerate launch train_ldm.py`: 0 on success, 1 with a one-line `error: ...`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        train(parse_config(TrainConfig, argv))
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(train, TrainConfig, argv)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from autoencoder import measure_scaling_factor, psnr, ssim
 from ldm.data import open_dataset
 from ldm.data.transforms import to_pil
 from ldm.grid import make_grid
-from ldm.training import (LR_SCHEDULES, CheckpointManager, NonFiniteLossError, StepBatchSampler,
+from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler,
                           TrainingProgress, average_gradients, check_finite, ema_weights, make_accelerator,
-                          make_ema, make_lr_scheduler, option, parse_config, save_config, sliced_randn,
+                          make_ema, make_lr_scheduler, option, run_command, save_config, sliced_randn,
                           step_generator)
 
 logger = logging.getLogger("train_vae")
@@ -90,14 +90,7 @@ class TrainVAEConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parse, train, and turn user mistakes into one `error: ...` line and exit status 1."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file is noise
-    try:
-        train(parse_config(TrainVAEConfig, argv))
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(train, TrainVAEConfig, argv)
 
 
 def train(config: TrainVAEConfig) -> None:

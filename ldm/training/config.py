@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import sys
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
+
+from ldm.training.guards import NonFiniteLossError
 
 ConfigT = TypeVar("ConfigT")
 
@@ -68,3 +72,19 @@ def save_config(config, path: Path | str) -> None:
     """Write a dataclass config as indented JSON (Path values become strings)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+
+
+def run_command(command: Callable[[ConfigT], object], config_cls: type[ConfigT], argv: Sequence[str] | None) -> int:
+    """Parse `argv` into `config_cls`, run `command(config)`; a user mistake becomes one `error: ...` line.
+
+    Returns the exit status: 0 on success, 1 for a ValueError or OSError (bad option, missing or unwritable
+    path) or a non-finite loss (from `ldm.training.guards`), which all carry a one-sentence message.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file is noise
+    try:
+        command(parse_config(config_cls, argv))
+    except (ValueError, OSError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
