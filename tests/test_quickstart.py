@@ -1,0 +1,51 @@
+"""quickstart.py end to end at toy step counts: stages run as processes, outputs load, a second run reuses them."""
+import json
+import subprocess
+import sys
+
+import pytest
+from diffusers import StableDiffusionPipeline
+
+import quickstart
+
+TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
+       "--eval-weights", "0,1", "--eval-seeds", "1", "--eval-steps", "2"]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_reuses_finished_stages(tmp_path):
+    out = tmp_path / "qs"
+    first = subprocess.run([sys.executable, "-m", "quickstart", "--output-dir", str(out), *TOY],
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert str(out / "stage2") in first.stdout
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"stage1", "stage2", "eval"}
+    evaluation = json.loads((out / "eval" / "eval.json").read_text())
+    assert [entry["w"] for entry in evaluation["sweep"]] == [0.0, 1.0]
+    # The stage-2 folder is a Stable Diffusion folder that stock diffusers loads, VAE scale included.
+    stock = StableDiffusionPipeline.from_pretrained(str(out / "stage2"), safety_checker=None)
+    vae_config = json.loads((out / "stage1" / "vae" / "config.json").read_text())
+    assert stock.vae.config.scaling_factor == pytest.approx(vae_config["scaling_factor"])
+
+    second = subprocess.run([sys.executable, "-m", "quickstart", "--output-dir", str(out), *TOY],
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stderr.count("already finished") == 3
+    assert json.loads((out / "timings.json").read_text()) == timings  # nothing ran again
+
+
+def test_bad_option_is_one_line_error(capsys):
+    assert quickstart.main(["--objects", "4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --objects") and "\n" not in err
+
+
+def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
+    cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), objects=2)
+    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    for name in ("stage1", "stage2"):
+        assert commands[name][commands[name].index("--data") + 1] == "shapes:objects=2"
+    assert commands["eval"][commands["eval"].index("--objects") + 1] == "2"
+    assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
+    assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
