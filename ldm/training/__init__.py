@@ -1,7 +1,7 @@
 """What both trainers share: accelerator set-up, deterministic per-step data and randomness (exact resume),
 atomic checkpoints, EMA, the non-finite-loss guard, LR schedules, progress and logging, dataclass configs."""
 from .accelerator import average_gradients, make_accelerator
-from .batches import (StepBatchSampler, global_batch_indices, local_slice, sliced_rand, sliced_randn,
+from .batches import (StepBatchSampler, global_batch_indices, local_slice, sliced_randn,
                       step_generator)
 from .checkpoint import CheckpointManager
 from .config import build_parser, option, parse_config, run_command, save_config
@@ -14,6 +14,5 @@ __all__ = [
     "CheckpointManager", "LR_SCHEDULES", "NonFiniteLossError", "StepBatchSampler", "TrainingProgress",
     "average_gradients", "build_parser", "check_finite", "ema_weights", "global_batch_indices", "local_slice",
     "make_accelerator", "make_ema", "make_lr_scheduler", "option", "parse_config", "run_command", "save_config",
-    "sliced_rand",
     "sliced_randn", "step_generator",
 ]

@@ -66,14 +66,6 @@ def sliced_randn(local_shape: tuple[int, ...], *, generator: torch.Generator, ra
     return local_slice(noise, rank, world_size).to(device)
 
 
-def sliced_rand(local_shape: tuple[int, ...], *, generator: torch.Generator, rank: int, world_size: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Uniform [0, 1) draws of shape `local_shape`, drawn for the global batch, sliced like `sliced_randn`."""
-    global_shape = (local_shape[0] * world_size, *local_shape[1:])
-    draws = torch.rand(global_shape, generator=generator, device=generator.device)
-    return local_slice(draws, rank, world_size).to(device)
-
-
 class StepBatchSampler(Sampler[list[int]]):
     """Batch sampler for `DataLoader(dataset, batch_sampler=...)`: yields this process's local index list for
     steps `start_step, start_step + 1, …, end_step - 1` (len = end_step - start_step).
