@@ -123,5 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     """`ldm-quickstart`: 0 on success, 1 with a one-line `error: ...`."""
     return run_command(run, QuickstartConfig, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())
