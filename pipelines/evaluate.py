@@ -27,7 +27,8 @@ from autoencoder.metrics import psnr, ssim
 from diffusers.utils import logging as diffusers_logging
 
 from ldm.data import shapes
-from ldm.data.dataset import open_dataset, parse_source
+from ldm.data.dataset import ShapesDataset, open_dataset, parse_source
+from ldm.data.transforms import to_pil
 from ldm.eval import metrics
 from ldm.eval.plot import plot_guidance_sweep
 from ldm.eval.reader import read_scene
@@ -182,7 +183,7 @@ def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
     split = "test" if parse_source(data)[0] in ("shapes", "emoji") else "train"  # folders have no test split
     dataset = open_dataset(data, resolution=resolution, split=split, size=samples)
     count = min(samples, len(dataset))
-    psnrs, ssims = [], []
+    psnrs, ssims, images = [], [], []
     for start in range(0, count, VAE_BATCH):
         indices = range(start, min(start + VAE_BATCH, count))
         pixel_values = torch.stack([dataset[i]["pixel_values"] for i in indices])
@@ -190,10 +191,14 @@ def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
         reconstructions = vae.decode(vae.encode(pixel_values).latent_dist.mode()).sample
         psnrs.append(psnr(pixel_values, reconstructions).float().cpu())
         ssims.append(ssim(pixel_values, reconstructions).float().cpu())
+        images += [to_pil(x) for x in reconstructions.float()]
     psnr_values, ssim_values = torch.cat(psnrs), torch.cat(ssims)
     finite = psnr_values[torch.isfinite(psnr_values)]  # a perfect reconstruction has infinite PSNR
-    return {"data": data, "split": split, "images": count,
-            "psnr": float(finite.mean()) if len(finite) else None, "ssim": float(ssim_values.mean())}
+    result = {"data": data, "split": split, "images": count,
+              "psnr": float(finite.mean()) if len(finite) else None, "ssim": float(ssim_values.mean())}
+    if isinstance(dataset, ShapesDataset):  # ground truth known: how readable are the reconstructions?
+        result["readback"] = metrics.readback(images, [dataset.scene(i) for i in range(count)])
+    return result
 
 
 def fid_kid(samples: list[dict], prompts: list[EvalPrompt], *, weights_path: str, out_dir: Path,

@@ -66,6 +66,21 @@ def test_prompt_statement_matches_what_the_canonical_prompt_says():
         assert statement.background == scene.background and scene.background in prompt
 
 
+def test_readback_scores_renders_against_their_scenes():
+    scenes = [shapes.scene_for_index(i, seed=1, split="test", max_objects=1) for i in range(12)]
+    images = [shapes.render_scene(s, 32) for s in scenes]
+    perfect = metrics.readback(images, scenes)
+    assert perfect["adherence"] == {"rate": 1.0, "correct": 12, "total": 12}
+    assert all(v["rate"] == 1.0 for v in perfect["attributes"].values())
+    # give three images a scene with another background: exactly those three fail, on background only
+    wrong_bg = {"white": "black", "grey": "white", "black": "grey"}
+    altered = [shapes.Scene(s.objects, wrong_bg[s.background]) if i < 3 else s for i, s in enumerate(scenes)]
+    result = metrics.readback([shapes.render_scene(s, 32) for s in altered], scenes)
+    assert result["adherence"] == {"rate": 0.75, "correct": 9, "total": 12}
+    assert result["attributes"]["background"]["correct"] == 9
+    assert all(result["attributes"][name]["rate"] == 1.0 for name in ("colour", "shape", "size", "position"))
+
+
 # --- diversity ---
 
 def test_diversity_is_mean_pairwise_rms_distance():

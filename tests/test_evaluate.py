@@ -10,6 +10,7 @@ from PIL import Image
 
 from ldm.data import shapes
 from ldm.data.dataset import open_dataset
+from ldm.data.transforms import to_pil
 from ldm.eval import metrics
 from ldm.eval.plot import PLOT_SIZE
 from ldm.eval.reader import read_scene
@@ -110,6 +111,9 @@ def test_vae_figures_match_an_independent_psnr(evaluated):
     assert report["vae"]["images"] == VAE_SAMPLES and report["vae"]["split"] == "test"
     assert report["vae"]["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-4)
     assert -1 <= report["vae"]["ssim"] <= 1
+    # the readback of those same reconstructions, scored independently
+    expected = metrics.readback([to_pil(x) for x in recon], [data.scene(i) for i in range(VAE_SAMPLES)])
+    assert report["vae"]["readback"] == expected
 
 
 def test_prompt_set_splits():

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ldm.data.shapes import Scene
+from ldm.eval.reader import read_scene
 
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position")
 ATTRIBUTES = ("count",) + OBJECT_ATTRIBUTES + ("background",)
@@ -145,3 +146,17 @@ def summarise_sweep(records: list[SampleRecord], diversities: list[PromptDiversi
             entry["diversity"][split] = float(np.mean(values)) if values else None
         summary.append(entry)
     return summary
+
+
+def readback(images, scenes) -> dict:
+    """How much of each ground-truth `scene` the reader finds in its `image` (e.g. a VAE reconstruction).
+
+    Returns {"adherence": {rate, correct, total}, "attributes": {name: {rate, correct, total}}}, scored as a
+    prompt naming every attribute of the scene would be. For VAE reconstructions this is the ceiling that
+    stage 1 puts on stage 2's adherence: a latent the decoder cannot render readably cannot be sampled.
+    """
+    readings = [read_scene(image) for image in images]
+    statements = [prompt_statement(scene) for scene in scenes]
+    matches = [attribute_matches(s, r) for s, r in zip(statements, readings)]
+    return {"adherence": _rate([adherence(s, r) for s, r in zip(statements, readings)]),
+            "attributes": {name: _rate([m[name] for m in matches if name in m]) for name in ATTRIBUTES}}
