@@ -91,7 +91,8 @@ class TrainConfig:
     mixed_precision: str = option("no", "autocast precision (bf16 also works on CPU)",
                                   choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the U-Net")
-    ema: bool = option(False, "keep an EMA of the U-Net weights (used for validation and the saved model)")
+    ema: bool = option(False, "keep an EMA of the trained weights (U-Net, and the text encoder when it trains); "
+                              "used for validation and the saved model")
     ema_decay: float = option(0.9999, "EMA decay")
     # Bookkeeping.
     checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (0: only at the end)")
@@ -329,15 +330,17 @@ def train(config: TrainConfig) -> Path:
     unet, optimizer = accelerator.prepare(unet, optimizer)
     if train_text:
         accelerator.register_for_checkpointing(text_encoder)
-    ema = None
-    if config.ema:
-        ema = make_ema(accelerator.unwrap_model(unet), accelerator=accelerator, decay=config.ema_decay)
+    # The EMA covers every trained weight: sampling must pair the averaged U-Net with the averaged text encoder
+    # it was trained against, not with the encoder's last step.
+    trained = torch.nn.ModuleList([accelerator.unwrap_model(unet)] + ([text_encoder] if train_text else []))
+    ema = make_ema(trained, accelerator=accelerator, decay=config.ema_decay) if config.ema else None
     checkpoints = CheckpointManager(output_dir)
     start = checkpoints.load(accelerator, checkpoints.resolve(config.resume)) if config.resume else 0
 
     def validate(name: str) -> None:
         if config.prompts and accelerator.is_main_process:
-            with ema_weights(ema, accelerator.unwrap_model(unet)) as model:
+            with ema_weights(ema, trained):
+                model = accelerator.unwrap_model(unet)
                 model.eval(), text_encoder.eval()
                 sample_grid(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model,
                             scheduler=sampler, config=config, path=output_dir / "samples" / f"{name}.png")
@@ -360,7 +363,7 @@ def train(config: TrainConfig) -> Path:
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.step(accelerator.unwrap_model(unet).parameters())
+                ema.step(trained.parameters())
             progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
             if _due(step + 1, config.checkpoint_every) or step + 1 == config.max_steps:
                 checkpoints.save(accelerator, step + 1)
@@ -370,9 +373,9 @@ def train(config: TrainConfig) -> Path:
     # The pipeline folder (EMA weights when on) and a last validation grid.
     validate("final")
     if accelerator.is_main_process:
-        with ema_weights(ema, accelerator.unwrap_model(unet)) as model:
+        with ema_weights(ema, trained):
             save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                 unet=model, scheduler=sampler)
+                                 unet=accelerator.unwrap_model(unet), scheduler=sampler)
         logger.info("pipeline saved to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()

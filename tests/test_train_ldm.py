@@ -71,6 +71,28 @@ def test_resume_is_exact(parts, tmp_path):
     assert saved["max_steps"] == 4 and saved["resume"] == "latest"
 
 
+def test_ema_covers_the_trained_text_encoder(parts, tmp_path):
+    """With a text encoder trained from scratch, the saved U-Net *and* text encoder are the EMA of the raw
+    weights, recomputed here from the checkpoints with diffusers' warm-up decay min(d, 1 - (1 + n)^(-2/3))."""
+    out = tmp_path / "out"
+    assert train_ldm.main(_args(parts, out, "--max-steps", "2", "--ema", "--ema-decay", "0.5",
+                                "--checkpoint-every", "1")) == 0
+    raw_unet = [load_file(str(out / "checkpoints" / f"step-{n}" / "model.safetensors")) for n in (1, 2)]
+    raw_text = []
+    for n in (1, 2):
+        states = [torch.load(path, weights_only=False)
+                  for path in sorted((out / "checkpoints" / f"step-{n}").glob("custom_checkpoint_*.pkl"))]
+        raw_text.append(next(state for state in states if "embeddings.token_embedding.weight" in state))
+    decay = min(0.5, 1 - 2 ** (-2 / 3))  # the first EMA step copies the weights, the second averages
+    for saved, raw in ((_weights(out), raw_unet), (_weights(out, TEXT_WEIGHTS), raw_text)):
+        moved = 0
+        for key, value in saved.items():
+            expected = decay * raw[0][key].float() + (1 - decay) * raw[1][key].float()
+            torch.testing.assert_close(value.float(), expected, rtol=1e-5, atol=1e-6)
+            moved += not torch.equal(raw[0][key], raw[1][key])
+        assert moved > 0  # the two steps changed these weights, so the average is not trivially either one
+
+
 def test_stock_pipeline_loads_and_generates(parts, tmp_path):
     """Frozen pretrained text encoder, v-prediction: stock diffusers loads the folder offline and samples."""
     out = tmp_path / "out"
