@@ -5,6 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
+from PIL import Image
+
+from ldm.grid import make_grid
+
 
 def _pct(rate: dict) -> str:
     return "–" if rate.get("rate") is None else f"{100 * rate['rate']:.0f}% ({rate['correct']}/{rate['total']})"
@@ -35,14 +39,46 @@ def report(folder: Path) -> str:
                      f"{_colour_and_shape(evaluation['samples'], entry['w'], 'seen')} | "
                      f"{_colour_and_shape(evaluation['samples'], entry['w'], 'held_out')} | "
                      f"{entry['diversity']['all']:.3f} |")
+    readback = evaluation.get("vae", {}).get("readback")
+    if readback:
+        per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items())
+        lines += ["", f"Reader on the VAE's reconstructions ({readback['adherence']['total']} test scenes): all "
+                      f"attributes right {100 * readback['adherence']['rate']:.0f}% ({per})."]
     lines += ["", f"best: {json.dumps(evaluation['best'])}"]
     return "\n".join(lines)
+
+
+def readme_images(folder: Path, out: Path, *, w: float) -> None:
+    """The README's figures: the guidance plot, the last stage-1 reconstruction grid, and samples at `w`
+    (four seeds each of three seen and three held-out prompts, captioned when every attribute was right)."""
+    out.mkdir(parents=True, exist_ok=True)
+    Image.open(folder / "eval" / "adherence_vs_guidance.png").save(out / "quickstart_guidance.png", optimize=True)
+    recon = Image.open(sorted((folder / "stage1" / "samples").glob("step-*.png"))[-1])
+    recon.resize((recon.width * 3, recon.height * 3), Image.NEAREST).save(out / "quickstart_reconstructions.png",
+                                                                          optimize=True)
+    evaluation = json.loads((folder / "eval" / "eval.json").read_text())
+    images, captions = [], []
+    for split in ("seen", "held_out"):
+        for prompt in [p["prompt"] for p in evaluation["prompts"] if p["split"] == split][:3]:
+            rows = [s for s in evaluation["samples"] if s["w"] == w and s["prompt"] == prompt][:4]
+            for k, sample in enumerate(rows):
+                images.append(Image.open(folder / "eval" / sample["file"]).convert("RGB").resize((96, 96),
+                                                                                              Image.NEAREST))
+                label = f"{'held-out: ' if split == 'held_out' else ''}{prompt}" if k == 0 else ""
+                captions.append(label or ("all attributes right" if sample["adherent"] else ""))
+    make_grid(images, captions=captions, ncols=4).save(out / "quickstart_samples.png", optimize=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", nargs="?", default="runs/quickstart", type=Path)
-    print(report(parser.parse_args().folder))
+    parser.add_argument("--images", type=Path, help="also write the README's figures into this folder")
+    parser.add_argument("--w", type=float, help="guidance weight of the sample figure (default: the best w)")
+    args = parser.parse_args()
+    print(report(args.folder))
+    if args.images:
+        best = json.loads((args.folder / "eval" / "eval.json").read_text())["best"]["w"]
+        readme_images(args.folder, args.images, w=best if args.w is None else args.w)
 
 
 if __name__ == "__main__":

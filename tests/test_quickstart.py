@@ -49,3 +49,4 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     assert commands["eval"][commands["eval"].index("--objects") + 1] == "2"
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
     assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
+    assert commands["stage2"][commands["stage2"].index("--preset") + 1] == cfg.unet_preset == "cpu-tiny"

@@ -19,7 +19,7 @@ def _meta_unet(preset, cross_attention_dim, sample_size):
         return build_unet(preset=preset, cross_attention_dim=cross_attention_dim, sample_size=sample_size)
 
 
-@pytest.mark.parametrize("preset, millions", [("cpu-small", 4.3), ("cpu-base", 16.7)])
+@pytest.mark.parametrize("preset, millions", [("cpu-tiny", 1.12), ("cpu-small", 4.3), ("cpu-base", 16.7)])
 def test_cpu_presets_size_and_heads(preset, millions):
     unet = _meta_unet(preset, 128, 8)
     assert abs(_n_params(unet) / 1e6 - millions) < 0.05
