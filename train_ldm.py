@@ -75,6 +75,8 @@ class TrainConfig:
                                 choices=("linear", "scaled_linear", "cosine"))
     num_train_timesteps: int = option(1000, "T, the number of diffusion steps")
     min_snr_gamma: float | None = option(None, "min-SNR-γ loss weighting, e.g. 5 (arXiv:2303.09556)")
+    snr_floor: float | None = option(None, "lower bound on the x0-space loss weight (1: truncated SNR), so "
+                                           "high-noise steps keep weight under min-SNR")
     offset_noise: float = option(0.0, "offset-noise strength, e.g. 0.1 (Guttenberg 2023, crosslabs.org)")
     zero_terminal_snr: bool = option(False, "rescale betas to zero terminal SNR (arXiv:2305.08891)")
     cond_dropout: float = option(0.1, "probability of replacing a caption by the empty prompt (for guidance)")
@@ -244,7 +246,7 @@ def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, 
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     noise_pred = unet(noisy_latents, timesteps, prompt_embeds).sample
     weights = min_snr_weights(snr(noise_scheduler, timesteps), gamma=config.min_snr_gamma,
-                              prediction_type=config.prediction_type)
+                              prediction_type=config.prediction_type, floor=config.snr_floor)
     return diffusion_loss(noise_pred, training_target(noise_scheduler, latents, noise, timesteps), weights)
 
 

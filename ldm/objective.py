@@ -79,17 +79,23 @@ def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torc
     raise ValueError(f"unsupported prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}.")
 
 
-def min_snr_weights(snr_values: torch.Tensor, *, gamma: float | None, prediction_type: str) -> torch.Tensor:
+def min_snr_weights(snr_values: torch.Tensor, *, gamma: float | None, prediction_type: str,
+                    floor: float | None = None) -> torch.Tensor:
     """Per-sample loss weights `(B,)` of Min-SNR-γ (Hang et al. 2023, https://arxiv.org/abs/2303.09556).
 
-    ε-prediction: min(SNR, γ) / SNR; v-prediction: min(SNR, γ) / (SNR + 1). `gamma=None` gives ones (the
-    plain DDPM loss). Where SNR = 0 (zero terminal SNR) the ε weight takes its limit, 1.
+    In x0 terms the weight is clamp(SNR, floor, γ); as a weight on the ε-loss that is clamp(SNR, floor, γ) / SNR
+    and on the v-loss clamp(SNR, floor, γ) / (SNR + 1). So ε: min(SNR, γ) / SNR; v: min(SNR, γ) / (SNR + 1).
+    `floor` (e.g. 1: Salimans & Ho's truncated SNR) keeps the high-noise steps, where the layout is decided,
+    from being weighted towards zero. `gamma=None` and `floor=None` give ones (the plain loss). Where SNR = 0
+    (zero terminal SNR) the ε weight is 1.
     """
-    if gamma is None:
+    if gamma is None and floor is None:
         return torch.ones_like(snr_values)
-    if gamma <= 0:
+    if gamma is not None and gamma <= 0:
         raise ValueError(f"min-SNR gamma must be positive, got {gamma}.")
-    clipped = snr_values.clamp(max=gamma)
+    if floor is not None and (floor <= 0 or (gamma is not None and floor > gamma)):
+        raise ValueError(f"the SNR floor must be positive and at most gamma, got {floor}.")
+    clipped = snr_values.clamp(min=floor, max=gamma)
     if prediction_type == "epsilon":
         return torch.where(snr_values > 0, clipped / snr_values.clamp(min=torch.finfo(snr_values.dtype).tiny),
                            torch.ones_like(snr_values))

@@ -84,6 +84,20 @@ def test_min_snr_weights():
         min_snr_weights(snr_values, gamma=5.0, prediction_type="sample")
 
 
+def test_snr_floor_weights():
+    """clamp(SNR, floor, γ) in x0 terms, divided by SNR + 1 (v) or SNR (ε); checked value by value."""
+    snr_values = torch.tensor([0.0, 0.25, 2.0, 50.0])
+    v = min_snr_weights(snr_values, gamma=5.0, prediction_type="v_prediction", floor=1.0)
+    torch.testing.assert_close(v, torch.tensor([1.0 / 1.0, 1.0 / 1.25, 2.0 / 3.0, 5.0 / 51.0]))
+    eps = min_snr_weights(snr_values, gamma=5.0, prediction_type="epsilon", floor=1.0)
+    torch.testing.assert_close(eps, torch.tensor([1.0, 1.0 / 0.25, 1.0, 5.0 / 50.0]))
+    floor_only = min_snr_weights(snr_values, gamma=None, prediction_type="v_prediction", floor=0.5)
+    torch.testing.assert_close(floor_only, torch.tensor([0.5, 0.5 / 1.25, 2.0 / 3.0, 50.0 / 51.0]))
+    for bad in (0.0, 6.0):
+        with pytest.raises(ValueError):
+            min_snr_weights(snr_values, gamma=5.0, prediction_type="v_prediction", floor=bad)
+
+
 def test_sample_noise_offset_and_reproducibility():
     latents = torch.zeros(512, 4, 8, 8)
     plain = sample_noise(latents, generator=torch.Generator().manual_seed(0))
