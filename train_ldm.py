@@ -123,6 +123,10 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ValueError(f"--min-snr-gamma must be positive, got {self.min_snr_gamma}.")
+        if self.snr_floor is not None and not 0 < self.snr_floor <= (self.min_snr_gamma or float("inf")):
+            raise ValueError(f"--snr-floor must be positive and at most --min-snr-gamma, got {self.snr_floor}.")
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
 

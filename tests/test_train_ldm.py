@@ -148,6 +148,16 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
     assert len(err) == 1 and "nope" in err[0]
 
 
+@pytest.mark.parametrize("extra, word", [(("--min-snr-gamma", "5", "--snr-floor", "6"), "--snr-floor"),
+                                         (("--snr-floor", "0"), "--snr-floor"),
+                                         (("--min-snr-gamma", "-1"), "--min-snr-gamma")])
+def test_bad_loss_weighting_is_a_one_line_error_before_any_work(parts, tmp_path, capsys, extra, word):
+    assert train_ldm.main(_args(parts, tmp_path / "o", *extra)) == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and word in err[0]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_8bit_adam_without_bitsandbytes_is_a_one_line_error(parts, tmp_path, capsys):
     assert train_ldm.main(_args(parts, tmp_path / "o", "--use-8bit-adam")) == 1
