@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from ldm.conditioning import encode_prompt
 from ldm.data import shapes
-from ldm.latents import CACHE_FILE, CAPTIONS_FILE
+from ldm.latents import CACHE_FILE, CAPTIONS_FILE, LatentCache
 from ldm.objective import training_target
 from pipelines.folder import load_pipeline
 
@@ -46,8 +46,9 @@ def swap_attribute(caption: str, words: list[str]) -> str | None:
 def sensitivity(model: Path, *, timesteps: list[int], samples: int, seed: int) -> dict:
     pipe = load_pipeline(str(model), device="cpu")
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the training betas and prediction type
-    cache = load_file(str(model / CACHE_FILE))
+    tensors = load_file(str(model / CACHE_FILE))  # read without load_cache's key check: any cache will do
     captions = json.loads((model / CAPTIONS_FILE).read_text())["captions"]
+    cache = LatentCache(mean=tensors["mean"], std=tensors["std"], captions=captions)
     generator = torch.Generator().manual_seed(seed)
     results = {}
     for attribute, words in ATTRIBUTE_WORDS.items():
@@ -55,8 +56,7 @@ def sensitivity(model: Path, *, timesteps: list[int], samples: int, seed: int) -
         if not pairs:
             continue
         index = torch.tensor([i for i, _ in pairs])
-        mean, std = cache["mean"][index], cache["std"][index]
-        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * pipe.vae.config.scaling_factor
+        latents = cache.sample(index, scaling_factor=pipe.vae.config.scaling_factor, generator=generator)
         true_embeds = encode_prompt(pipe.text_encoder, pipe.tokenizer, [captions[i] for i, _ in pairs])
         swapped_embeds = encode_prompt(pipe.text_encoder, pipe.tokenizer, [s for _, s in pairs])
         results[attribute] = {}
