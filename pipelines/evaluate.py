@@ -57,6 +57,9 @@ class EvalConfig:
     prompts_per_split: int = field(default=12, metadata={"help": "distinct prompts per split"})
     objects: int = field(default=shapes.DEFAULT_MAX_OBJECTS, metadata={
         "help": "at most this many objects per prompt scene (1-3); match what the model was trained on"})
+    simple: bool = field(default=False, metadata={
+        "help": "prompts of the simple variant (one large centred object, colour and shape only), for a model "
+                "trained on shapes:simple=1; implies --objects 1"})
     steps: int = field(default=20, metadata={"help": "sampler steps per image"})
     scheduler: str = field(default=DEFAULT_SCHEDULER,
                            metadata={"help": "sampler", "choices": list(SCHEDULERS)})
@@ -79,6 +82,8 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if not 1 <= self.objects <= 3:
             raise ValueError(f"--objects must be 1, 2 or 3, got {self.objects}.")
+        if self.simple:
+            self.objects = 1
         if self.resolution < 16:
             raise ValueError(f"--resolution must be at least 16 pixels, got {self.resolution}.")
         if self.vae_samples < 0:
@@ -104,13 +109,16 @@ class EvalPrompt:
     scene: shapes.Scene  # ground truth the prompt was written from
 
 
-def build_prompt_set(*, prompts_per_split: int, max_objects: int, seed: int) -> list[EvalPrompt]:
-    """`prompts_per_split` distinct canonical prompts per split (seen first, then held-out)."""
+def build_prompt_set(*, prompts_per_split: int, max_objects: int, seed: int,
+                     simple: bool = False) -> list[EvalPrompt]:
+    """`prompts_per_split` distinct canonical prompts per split (seen first, then held-out); fewer where the
+    split has fewer (the simple variant has 20 seen and 4 held-out colour–shape pairs)."""
     prompts = []
     for split, shapes_split in EVAL_SPLITS.items():
         found: dict[str, shapes.Scene] = {}
         for index in range(1000 * prompts_per_split):  # far more draws than distinct prompts ever need
-            scene = shapes.scene_for_index(index, seed=seed, split=shapes_split, max_objects=max_objects)
+            scene = shapes.scene_for_index(index, seed=seed, split=shapes_split, max_objects=max_objects,
+                                           simple=simple)
             found.setdefault(shapes.canonical_prompt(scene), scene)
             if len(found) == prompts_per_split:
                 break
@@ -251,7 +259,7 @@ def evaluate(config: EvalConfig) -> dict:
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompts = build_prompt_set(prompts_per_split=config.prompts_per_split, max_objects=config.objects,
-                               seed=config.seed)
+                               seed=config.seed, simple=config.simple)
     logger.info("%d prompts (%d seen, %d held-out) x %d seeds x %d weights on %s", len(prompts),
                 sum(p.split == "seen" for p in prompts), sum(p.split == "held_out" for p in prompts),
                 config.seeds_per_prompt, len(config.guidance_weights()), device)

@@ -52,6 +52,20 @@ def test_shapes_options_and_splits():
         open_dataset("shapes", resolution=32, split="validation")
 
 
+def test_shapes_simple_option():
+    dataset = open_dataset("shapes:simple=1,size=20", resolution=32, split="heldout")
+    for i in range(20):
+        scene = dataset.scene(i)
+        assert scene.simple and len(scene.objects) == 1 and scene.objects[0].position == "centre"
+        assert torch.equal(dataset[i]["pixel_values"], to_tensor(render_scene(scene, 32)))
+        assert canonical_prompt(scene) in dataset[i]["caption"]
+    assert not open_dataset("shapes:simple=0", resolution=32).scene(0).simple
+    with pytest.raises(ValueError, match="simple must be 0 or 1"):
+        open_dataset("shapes:simple=2", resolution=32)
+    with pytest.raises(ValueError, match="objects=3 does not apply"):
+        open_dataset("shapes:simple=1,objects=3", resolution=32)
+
+
 def test_shapes_random_flip_keeps_captions_true():
     random.seed(0)
     plain = open_dataset("shapes:objects=1,size=200", resolution=32)

@@ -1,4 +1,5 @@
 """ldm/eval/metrics.py and ldm/eval/plot.py against hand computations."""
+import dataclasses
 import itertools
 import math
 import struct
@@ -10,6 +11,7 @@ from PIL import Image
 
 from ldm.data import shapes
 from ldm.eval import metrics, plot
+from ldm.eval.reader import read_scene
 
 
 def obj(colour, shape, size="small", position="left"):
@@ -64,6 +66,24 @@ def test_prompt_statement_matches_what_the_canonical_prompt_says():
             assert (stated.position == truth.position) == phrase_in_prompt, prompt
             assert stated.position in (truth.position, None)
         assert statement.background == scene.background and scene.background in prompt
+
+
+def test_simple_statement_checks_only_count_colour_and_shape():
+    scene = shapes.scene_for_index(0, split="heldout", max_objects=1, simple=True)
+    statement = metrics.prompt_statement(scene)
+    (obj,) = scene.objects
+    # the same colour and shape, but smaller, elsewhere and on another background: adherent
+    moved = shapes.Scene((dataclasses.replace(obj, size="small", position="left"),),
+                         next(b for b in shapes.BACKGROUNDS if b != scene.background))
+    read = read_scene(shapes.render_scene(moved, 32))
+    assert metrics.attribute_matches(statement, read) == {"count": True, "colour": True, "shape": True}
+    assert metrics.adherence(statement, read)
+    other_colour = next(c for c in shapes.COLOURS if c != obj.colour)
+    recoloured = shapes.Scene((dataclasses.replace(obj, colour=other_colour),), scene.background)
+    assert not metrics.adherence(statement, read_scene(shapes.render_scene(recoloured, 32)))
+    two = shapes.Scene((dataclasses.replace(obj, size="small", position="left"),
+                        dataclasses.replace(obj, size="small", position="right")), scene.background)
+    assert not metrics.adherence(statement, read_scene(shapes.render_scene(two, 32)))  # count is checked
 
 
 def test_readback_scores_renders_against_their_scenes():

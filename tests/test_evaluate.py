@@ -126,6 +126,16 @@ def test_prompt_set_splits():
         assert p.prompt == shapes.canonical_prompt(p.scene)
 
 
+def test_simple_prompt_set_names_colour_and_shape_only():
+    prompts = evaluate.build_prompt_set(prompts_per_split=12, max_objects=1, seed=0, simple=True)
+    held_out = [p for p in prompts if p.split == "held_out"]
+    assert len(prompts) - len(held_out) == 12
+    assert {(p.scene.objects[0].colour, p.scene.objects[0].shape) for p in held_out} == set(shapes.HELD_OUT)
+    for p in prompts:
+        assert p.scene.simple and p.prompt == shapes.canonical_prompt(p.scene) and len(p.prompt.split()) == 3
+    assert evaluate.EvalConfig(model="x", simple=True).objects == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "/nonexistent/model"], "model_index.json"),
     (["--model", "x", "--weights", "0,a"], "--weights"),
@@ -140,10 +150,10 @@ def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):
 
 
 def _as_dict(scene):
-    return {"objects": [vars(o) for o in scene.objects], "background": scene.background}
+    return {"objects": [vars(o) for o in scene.objects], "background": scene.background, "simple": scene.simple}
 
 
 def _scene(data):
     objects = tuple(shapes.ShapeObject(**o) for o in data["objects"])
-    return shapes.Scene(objects=objects, background=data["background"])
+    return shapes.Scene(objects=objects, background=data["background"], simple=data["simple"])
 

@@ -50,3 +50,16 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
     assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
     assert commands["stage2"][commands["stage2"].index("--preset") + 1] == cfg.unet_preset == "cpu-tiny"
+
+
+def test_simple_variant_reaches_every_stage(tmp_path, capsys):
+    cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), simple=True)
+    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    for name in ("stage1", "stage2"):
+        assert commands[name][commands[name].index("--data") + 1] == "shapes:objects=1,simple=1"
+    assert "--simple" in commands["eval"]
+    assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=1,simple=1"
+    assert "--simple" not in quickstart._stage_commands(quickstart.QuickstartConfig(), tmp_path)[2][2]
+    assert quickstart.main(["--simple", "--objects", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --simple") and "\n" not in err

@@ -180,7 +180,33 @@ def test_bad_arguments_raise_value_errors():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="split"):
         shapes.sample_scene(rng, split="validation")
-    with pytest.raises(ValueError, match="max_objects"):
+    with pytest.raises(ValueError, match="objects must be 1, 2 or 3"):
         shapes.sample_scene(rng, max_objects=4)
     with pytest.raises(ValueError, match="resolution"):
         render_scene(scene_for_index(0), 4)
+
+
+@pytest.mark.parametrize("split", ["train", "test", "heldout"])
+def test_simple_variant_is_one_large_centred_object_named_by_colour_and_shape(split):
+    scenes = [scene_for_index(i, split=split, max_objects=1, simple=True) for i in range(300)]
+    for i, scene in enumerate(scenes):
+        (obj,) = scene.objects
+        assert scene.simple and (obj.size, obj.position) == ("large", "centre")
+        assert ((obj.colour, obj.shape) in HELD_OUT) == (split == "heldout")
+        caption = caption_scene(scene, np.random.default_rng(i))
+        _check_caption(caption, scene)
+        assert not _words(caption) & (set(SIZES) | set(POSITION_WORDS) | set(BACKGROUNDS)), caption
+        assert canonical_prompt(scene) == f"{'an' if obj.colour[0] in 'aeiou' else 'a'} {obj.colour} {obj.shape}"
+        # the same picture as the full variant's scene with the same attributes
+        full = Scene(scene.objects, scene.background)
+        assert render_scene(scene, 32).tobytes() == render_scene(full, 32).tobytes()
+    assert {s.background for s in scenes} == set(BACKGROUNDS)
+    pairs = {(s.objects[0].colour, s.objects[0].shape) for s in scenes}
+    assert pairs == (set(HELD_OUT) if split == "heldout" else set(shapes.SEEN_PAIRS))
+    templates = {caption_scene(scenes[0], np.random.default_rng(i)) for i in range(40)}
+    assert len(templates) == len(shapes.SIMPLE_TEMPLATES)
+
+
+def test_simple_variant_rejects_several_objects():
+    with pytest.raises(ValueError, match="simple=1 draws one object"):
+        scene_for_index(0, max_objects=2, simple=True)

@@ -12,11 +12,12 @@ from . import shapes
 from .transforms import flip, to_tensor
 
 SHAPES_SIZES = {"train": 20_000, "test": 1_000, "heldout": 1_000}  # default lengths: an epoch, not a limit
-BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed"}, "emoji": {"size"}}
+BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple"}, "emoji": {"size"}}
 
 
 class ShapesDataset(torch.utils.data.Dataset):
-    """Procedural shapes rendered on the fly; item i is a pure function of (seed, split, i, max_objects).
+    """Procedural shapes rendered on the fly; item i is a pure function of (seed, split, i, max_objects,
+    simple). `simple`: the variant with one large centred object, captioned by colour and shape only.
 
     `scene(i)` is the ground truth of item i (before any random flip, which mirrors the scene and swaps
     "left"/"right" in the caption, so the caption stays true).
@@ -31,13 +32,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         size: int | None = None,
         max_objects: int = shapes.DEFAULT_MAX_OBJECTS,
         random_flip: bool = False,
+        simple: bool = False,
     ):
         if split not in shapes.SPLITS:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(shapes.SPLITS)}.")
-        if not 1 <= max_objects <= 3:
-            raise ValueError(f"shapes objects must be 1, 2 or 3, got {max_objects}.")
+        shapes.check_variant(max_objects=max_objects, simple=simple)
         self.resolution, self.split, self.seed = resolution, split, seed
-        self.max_objects, self.random_flip = max_objects, random_flip
+        self.max_objects, self.random_flip, self.simple = max_objects, random_flip, simple
         self.size = SHAPES_SIZES[split] if size is None else size
         if self.size < 1:
             raise ValueError(f"shapes size must be at least 1, got {self.size}.")
@@ -53,11 +54,12 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def scene(self, index: int) -> shapes.Scene:
         """Ground-truth attributes of item `index`."""
-        return shapes.sample_scene(self._rng(index), split=self.split, max_objects=self.max_objects)
+        return shapes.sample_scene(self._rng(index), split=self.split, max_objects=self.max_objects,
+                                   simple=self.simple)
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
-        scene = shapes.sample_scene(rng, split=self.split, max_objects=self.max_objects)
+        scene = shapes.sample_scene(rng, split=self.split, max_objects=self.max_objects, simple=self.simple)
         caption = shapes.caption_scene(scene, rng)
         image = shapes.render_scene(scene, self.resolution)
         if self.random_flip and random.random() < 0.5:
@@ -125,7 +127,7 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
-    source: "shapes[:objects=N,size=N,seed=N]", "emoji[:size=N]", a folder (sidecar captions or
+    source: "shapes[:objects=N,size=N,seed=N,simple=1]", "emoji[:size=N]", a folder (sidecar captions or
     metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources. Tar shards stream
@@ -137,13 +139,16 @@ def open_dataset(
         raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
     name, builtin = parse_source(str(source))
     if name == "shapes":
+        if builtin.get("simple", 0) not in (0, 1):
+            raise ValueError(f"shapes simple must be 0 or 1, got {builtin['simple']}.")
         return ShapesDataset(
             resolution=resolution,
             split=split,
             seed=builtin.get("seed", seed),
             size=builtin.get("size", size),
-            max_objects=builtin.get("objects", shapes.DEFAULT_MAX_OBJECTS),
+            max_objects=builtin.get("objects", 1 if builtin.get("simple") else shapes.DEFAULT_MAX_OBJECTS),
             random_flip=random_flip,
+            simple=bool(builtin.get("simple", 0)),
         )
     if name == "emoji":
         from .emoji import EmojiDataset

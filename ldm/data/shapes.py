@@ -9,6 +9,9 @@ Geometry (all in fractions of the image side, so it holds at every resolution):
   base along its bottom edge; cross: a plus sign of two bars `CROSS_BAR` x box side thick spanning the box;
 - objects in one scene never overlap (their boxes are disjoint) and sit at distinct positions.
 
+The `simple` variant (`shapes:simple=1`) is the baseline notes' kind of data: one large object in the centre,
+on any background, with captions that name only its colour and shape ("an image of a red circle").
+
 Splits, deterministic by (seed, split, index) through `numpy.random.default_rng([seed, split_id, index])`:
 - "train": never contains a `HELD_OUT` colour–shape pair;
 - "test": the same distribution as train (seen pairs only), drawn from a disjoint random stream;
@@ -82,10 +85,14 @@ class ShapeObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """Ground truth of one image: 1–3 objects on a background (a key of BACKGROUNDS)."""
+    """Ground truth of one image: 1–3 objects on a background (a key of BACKGROUNDS).
+
+    `simple`: a scene of the simple variant, whose captions name only the object's colour and shape.
+    """
 
     objects: tuple[ShapeObject, ...]
     background: str
+    simple: bool = False
 
     @property
     def is_repeat(self) -> bool:
@@ -99,7 +106,7 @@ class Scene:
         """The scene flipped left↔right (all shapes are mirror-symmetric, so only positions change)."""
         swap = {"left": "right", "right": "left"}
         objects = tuple(replace(o, position=swap.get(o.position, o.position)) for o in self.objects)
-        return Scene(objects=objects, background=self.background)
+        return replace(self, objects=objects)
 
 
 def object_box(obj: ShapeObject, resolution: float) -> tuple[float, float, float, float]:
@@ -170,20 +177,32 @@ def _positions(rng: np.random.Generator, n: int, size: str) -> list[str]:
             return chosen
 
 
+def check_variant(*, max_objects: int, simple: bool) -> None:
+    """Raise ValueError unless max_objects is 1..3, and 1 for the simple variant."""
+    if not 1 <= max_objects <= 3:
+        raise ValueError(f"shapes objects must be 1, 2 or 3, got {max_objects}.")
+    if simple and max_objects != 1:
+        raise ValueError(f"shapes simple=1 draws one object per image; objects={max_objects} does not apply.")
+
+
 def sample_scene(
-    rng: np.random.Generator, *, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS
+    rng: np.random.Generator, *, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
+    simple: bool = False,
 ) -> Scene:
     """Draw one scene for `split` with 1..max_objects objects (max_objects in 1..3).
 
     Multi-object scenes are either repeats ("two blue squares": same colour, shape and size) or distinct
     colour–shape pairs at distinct positions; in "heldout" the first object is a held-out pair and the
-    others are seen pairs, in "train"/"test" all are seen pairs.
+    others are seen pairs, in "train"/"test" all are seen pairs. `simple` (max_objects must be 1): one large
+    object in the centre.
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(SPLITS)}.")
-    if not 1 <= max_objects <= 3:
-        raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects}.")
+    check_variant(max_objects=max_objects, simple=simple)
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    if simple:
+        colour, shape = _pair(rng, split)
+        return Scene(objects=(ShapeObject(shape, colour, "large", "centre"),), background=background, simple=True)
     n = int(rng.integers(1, max_objects + 1))
     # Three large objects never fit without overlap, so three objects are always small.
     size = "small" if n == 3 else list(SIZES)[rng.integers(len(SIZES))]
@@ -202,11 +221,12 @@ def sample_scene(
 
 
 def scene_for_index(
-    index: int, *, seed: int = 0, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS
+    index: int, *, seed: int = 0, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
+    simple: bool = False,
 ) -> Scene:
-    """The scene at `index` of a split: a pure function of (seed, split, index, max_objects)."""
+    """The scene at `index` of a split: a pure function of (seed, split, index, max_objects, simple)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return sample_scene(rng, split=split, max_objects=max_objects)
+    return sample_scene(rng, split=split, max_objects=max_objects, simple=simple)
 
 
 def _plural(shape: str) -> str:
@@ -238,8 +258,15 @@ def _repeat_caption(scene: Scene, *, size: bool, background: bool) -> str:
     return f"{text} {_background_phrase(scene)}" if background else text
 
 
+# Caption templates of the simple variant: colour and shape only, as in the baseline notes' data.
+SIMPLE_TEMPLATES = ("{}", "an image of {}", "a picture of {}", "a drawing of {}")
+
+
 def canonical_prompt(scene: Scene) -> str:
-    """One deterministic caption naming every attribute (used for evaluation prompts)."""
+    """One deterministic caption naming every attribute its variant's captions name (the evaluation
+    prompts): all of them, or colour and shape for a simple scene."""
+    if scene.simple:
+        return _describe(scene.objects[0], size=False, position=False)
     if scene.is_repeat:
         return _repeat_caption(scene, size=True, background=True)
     parts = [_describe(o, size=True, position=True) for o in scene.objects]
@@ -249,8 +276,12 @@ def canonical_prompt(scene: Scene) -> str:
 def caption_scene(scene: Scene, rng: np.random.Generator) -> str:
     """A caption from one of several templates; every attribute word it contains is true of the scene.
 
-    Colour and shape are always named; size, position and background appear depending on the template.
+    Colour and shape are always named; size, position and background appear depending on the template
+    (never for a simple scene).
     """
+    if scene.simple:
+        template = SIMPLE_TEMPLATES[int(rng.integers(len(SIMPLE_TEMPLATES)))]
+        return template.format(canonical_prompt(scene))
     template = int(rng.integers(5))
     if template == 0:
         return canonical_prompt(scene)

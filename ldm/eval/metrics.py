@@ -25,7 +25,11 @@ SPLITS = ("seen", "held_out")
 
 def prompt_statement(scene: Scene) -> Scene:
     """What `ldm.data.shapes.canonical_prompt(scene)` states: everything, except that a repeat ("two blue
-    squares ...") names no positions, so those become None (unchecked)."""
+    squares ...") names no positions and a simple scene ("a red circle") names neither size, position nor
+    background, so those become None (unchecked)."""
+    if scene.simple:
+        objects = tuple(dataclasses.replace(obj, size=None, position=None) for obj in scene.objects)
+        return dataclasses.replace(scene, objects=objects, background=None)
     if not scene.is_repeat:
         return scene
     objects = tuple(dataclasses.replace(obj, position=None) for obj in scene.objects)
