@@ -41,20 +41,22 @@ def report(folder: Path) -> str:
                      f"{entry['diversity']['all']:.3f} |")
     readback = evaluation.get("vae", {}).get("readback")
     if readback:
-        per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items())
+        per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items()
+                        if v["rate"] is not None)  # the simple variant states no size, position or background
         lines += ["", f"Reader on the VAE's reconstructions ({readback['adherence']['total']} test scenes): all "
                       f"attributes right {100 * readback['adherence']['rate']:.0f}% ({per})."]
     lines += ["", f"best: {json.dumps(evaluation['best'])}"]
     return "\n".join(lines)
 
 
-def readme_images(folder: Path, out: Path, *, w: float) -> None:
+def readme_images(folder: Path, out: Path, *, w: float, prefix: str = "quickstart") -> None:
     """The README's figures: the guidance plot, the last stage-1 reconstruction grid, and samples at `w`
-    (four seeds each of three seen and three held-out prompts, captioned when every attribute was right)."""
+    (four seeds each of three seen and three held-out prompts, captioned when every attribute was right), as
+    `{prefix}_guidance.png`, `{prefix}_reconstructions.png` and `{prefix}_samples.png`."""
     out.mkdir(parents=True, exist_ok=True)
-    Image.open(folder / "eval" / "adherence_vs_guidance.png").save(out / "quickstart_guidance.png", optimize=True)
+    Image.open(folder / "eval" / "adherence_vs_guidance.png").save(out / f"{prefix}_guidance.png", optimize=True)
     recon = Image.open(sorted((folder / "stage1" / "samples").glob("step-*.png"))[-1])
-    recon.resize((recon.width * 3, recon.height * 3), Image.NEAREST).save(out / "quickstart_reconstructions.png",
+    recon.resize((recon.width * 3, recon.height * 3), Image.NEAREST).save(out / f"{prefix}_reconstructions.png",
                                                                           optimize=True)
     evaluation = json.loads((folder / "eval" / "eval.json").read_text())
     images, captions = [], []
@@ -66,19 +68,21 @@ def readme_images(folder: Path, out: Path, *, w: float) -> None:
                                                                                               Image.NEAREST))
                 label = f"{'held-out: ' if split == 'held_out' else ''}{prompt}" if k == 0 else ""
                 captions.append(label or ("all attributes right" if sample["adherent"] else ""))
-    make_grid(images, captions=captions, ncols=4).save(out / "quickstart_samples.png", optimize=True)
+    make_grid(images, captions=captions, ncols=4).save(out / f"{prefix}_samples.png", optimize=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", nargs="?", default="runs/quickstart", type=Path)
     parser.add_argument("--images", type=Path, help="also write the README's figures into this folder")
+    parser.add_argument("--prefix", default="quickstart", help="file name prefix of the figures")
     parser.add_argument("--w", type=float, help="guidance weight of the sample figure (default: the best w)")
     args = parser.parse_args()
     print(report(args.folder))
     if args.images:
         best = json.loads((args.folder / "eval" / "eval.json").read_text())["best"]["w"]
-        readme_images(args.folder, args.images, w=best if args.w is None else args.w)
+        readme_images(args.folder, args.images, w=best if args.w is None else args.w,
+                      prefix=args.prefix)
 
 
 if __name__ == "__main__":
