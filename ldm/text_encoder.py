@@ -12,6 +12,11 @@ logger = logging.getLogger(__name__)
 TEXT_ENCODER_PRESETS: dict[str, dict] = {
     # ~1 M parameters besides the embedding: enough for the built-in shapes/emoji captions on a CPU.
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512),
+    # No transformer layers: token + position embeddings and the final layer norm. Every word keeps its own
+    # vector whatever its neighbours, so a new pairing of known words ("a green square" when only green circles
+    # and red squares were seen) composes in the U-Net's cross-attention. It cannot bind attributes to one of
+    # several objects ("a red circle and a blue square"): use it for captions describing one thing.
+    "embeddings": dict(num_hidden_layers=0, hidden_size=128, num_attention_heads=4, intermediate_size=512),
     "small": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
     # The text tower of OpenAI CLIP ViT-L/14, Stable Diffusion 1.x's text encoder (123 M parameters).
     "clip-vit-l": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,

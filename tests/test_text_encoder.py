@@ -15,7 +15,7 @@ def tokenizer(tmp_path_factory):
     return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "embeddings"])
 def test_build_fits_tokenizer_and_preset(tokenizer, preset):
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset=preset).eval()
     config = text_encoder.config
@@ -44,6 +44,29 @@ def test_clip_vit_l_preset_has_sd_text_encoder_size(tmp_path):
         text_encoder = build_text_encoder(tokenizer=clip_tokenizer, preset="clip-vit-l")
     # SD 1.x's text_encoder (openai/clip-vit-large-patch14's text tower) has 123,060,480 weights.
     assert sum(p.numel() for p in text_encoder.parameters()) == 123_060_480
+
+
+def _token_states(text_encoder, tokenizer, prompt):
+    ids = tokenizer([prompt], padding="max_length", max_length=TINY_MAX_LENGTH, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return ids[0], text_encoder(ids).last_hidden_state[0]
+
+
+@pytest.mark.parametrize("preset, independent", [("embeddings", True), ("tiny", False)])
+def test_embeddings_preset_keeps_each_word_independent_of_its_neighbours(tokenizer, preset, independent):
+    text_encoder = build_text_encoder(tokenizer=tokenizer, preset=preset).eval()
+    ids_a, states_a = _token_states(text_encoder, tokenizer, "a red square")
+    ids_b, states_b = _token_states(text_encoder, tokenizer, "a blue square")
+    differs = (ids_a != ids_b).nonzero().flatten().tolist()
+    assert len(differs) == 1  # only the colour token differs, at the same position
+    later = slice(differs[0] + 1, None)  # "square" and everything after it
+    assert torch.equal(states_a[later], states_b[later]) == independent
+    # with no layers, a state is layer_norm(token embedding + position embedding), computed independently
+    if independent:
+        embeddings = text_encoder.embeddings
+        expected = text_encoder.final_layer_norm(
+            embeddings.token_embedding(ids_a) + embeddings.position_embedding.weight[: len(ids_a)])
+        torch.testing.assert_close(states_a, expected)
 
 
 def test_unknown_preset_is_one_line_error(tokenizer):
