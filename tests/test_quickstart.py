@@ -50,6 +50,10 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
     assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
     assert commands["stage2"][commands["stage2"].index("--preset") + 1] == cfg.unet_preset == "cpu-tiny"
+    # several objects need a text encoder with layers to bind attributes to objects; one object does not
+    assert commands["stage2"][commands["stage2"].index("--text-preset") + 1] == "tiny"
+    single = quickstart._stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path)), tmp_path)[1][2]
+    assert single[single.index("--text-preset") + 1] == "embeddings"
 
 
 def test_simple_variant_reaches_every_stage(tmp_path, capsys):
