@@ -139,16 +139,17 @@ def open_dataset(
         raise ValueError(f"crop must be 'center' or 'random', got {crop!r}.")
     name, builtin = parse_source(str(source))
     if name == "shapes":
-        if builtin.get("simple", 0) not in (0, 1):
-            raise ValueError(f"shapes simple must be 0 or 1, got {builtin['simple']}.")
+        simple = builtin.get("simple", 0)
+        if simple not in (0, 1):
+            raise ValueError(f"shapes simple must be 0 or 1, got {simple}.")
         return ShapesDataset(
             resolution=resolution,
             split=split,
             seed=builtin.get("seed", seed),
             size=builtin.get("size", size),
-            max_objects=builtin.get("objects", 1 if builtin.get("simple") else shapes.DEFAULT_MAX_OBJECTS),
+            max_objects=builtin.get("objects", 1 if simple else shapes.DEFAULT_MAX_OBJECTS),
             random_flip=random_flip,
-            simple=bool(builtin.get("simple", 0)),
+            simple=bool(simple),
         )
     if name == "emoji":
         from .emoji import EmojiDataset
