@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from transformers import CLIPTokenizer
 
 from autoencoder.presets import build_vae
+from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
 from ldm.conditioning import drop_mask, encode_input_ids, null_prompt_embeds, tokenize_prompts
 from ldm.data import open_dataset
 from ldm.grid import make_grid
@@ -93,6 +94,8 @@ class TrainConfig:
     mixed_precision: str = option("no", "autocast precision (bf16 also works on CPU)",
                                   choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory in the U-Net")
+    attention: str = option("auto", "U-Net attention kernel: auto (xformers on CUDA when installed, else "
+                            "PyTorch SDPA), sdpa, xformers", choices=ATTENTION_BACKENDS)
     ema: bool = option(False, "keep an EMA of the trained weights (U-Net, and the text encoder when it trains); "
                               "used for validation and the saved model")
     ema_decay: float = option(0.9999, "EMA decay")
@@ -127,6 +130,7 @@ class TrainConfig:
             raise ValueError(f"--min-snr-gamma must be positive, got {self.min_snr_gamma}.")
         if self.snr_floor is not None and not 0 < self.snr_floor <= (self.min_snr_gamma or float("inf")):
             raise ValueError(f"--snr-floor must be positive and at most --min-snr-gamma, got {self.snr_floor}.")
+        check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
 
@@ -218,15 +222,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
     return bnb.optim.AdamW8bit(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def speed_up_attention(unet, accelerator) -> None:
-    """xformers memory-efficient attention on CUDA when installed; diffusers' default (SDPA) otherwise."""
-    from diffusers.utils.import_utils import is_xformers_available
-
-    if accelerator.device.type == "cuda" and is_xformers_available():
-        unet.enable_xformers_memory_efficient_attention()
-        logger.info("using xformers attention")
-
-
 def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, config: TrainConfig,
                     micro_step: int, scaling_factor: float, accelerator) -> torch.Tensor:
     """The loss (scalar) of one micro-step on this process's slice of the global batch.
@@ -315,7 +310,7 @@ def train(config: TrainConfig) -> Path:
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
                       cross_attention_dim=text_encoder.config.hidden_size,
                       sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels)
-    speed_up_attention(unet, accelerator)
+    logger.info("attention: %s", set_attention(unet, config.attention, accelerator.device))
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_text:

@@ -145,10 +145,7 @@ def train(config: TrainVAEConfig) -> None:
                 logs = accumulate_gradients(vae, loss_fn, pixel_values, accelerator=accelerator, step=step,
                                             generator=step_generator(config.seed, micro),
                                             last_checkpoint=checkpoints.last_saved)
-            for model, optimizer in ((vae, vae_opt), (discriminator, disc_opt)):
-                average_gradients(model.parameters(), accelerator)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            step_optimizers([(vae, vae_opt), (discriminator, disc_opt)], accelerator)
             for scheduler in schedulers:
                 scheduler.step()
             if ema is not None:
@@ -176,6 +173,21 @@ def train(config: TrainVAEConfig) -> None:
                      batch_size=config.batch_size, seed=config.seed)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def step_optimizers(pairs: list[tuple[torch.nn.Module, torch.optim.Optimizer]], accelerator) -> None:
+    """For each (model, optimizer): average the gradients over processes, step, zero them.
+
+    A model none of whose parameters got a gradient (the discriminator before disc_start) is not stepped: under
+    fp16, accelerate's GradScaler refuses an optimizer it recorded no gradients for (it stopped train_vae on
+    CUDA), and in fp32 the step would change nothing. Which models have gradients depends only on the step,
+    so every process skips the same all-reduce.
+    """
+    for model, optimizer in pairs:
+        if any(p.grad is not None for p in model.parameters()):
+            average_gradients(model.parameters(), accelerator)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def accumulate_gradients(vae, loss_fn: AutoencoderLoss, pixel_values: torch.Tensor, *, accelerator, step: int,

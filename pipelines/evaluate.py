@@ -26,6 +26,7 @@ from PIL import Image
 from autoencoder.metrics import psnr, ssim
 from diffusers.utils import logging as diffusers_logging
 
+from ldm.attention import set_attention
 from ldm.data import shapes
 from ldm.data.dataset import ShapesDataset, open_dataset, parse_source
 from ldm.data.transforms import to_pil
@@ -256,6 +257,7 @@ def evaluate(config: EvalConfig) -> dict:
     save_config(config, out_dir / "eval_config.json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     pipe = load_pipeline(config.model, device=device)
+    set_attention(pipe, "auto", device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompts = build_prompt_set(prompts_per_split=config.prompts_per_split, max_objects=config.objects,

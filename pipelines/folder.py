@@ -119,9 +119,9 @@ def load_pipeline(
     """Load a diffusers SD-1.x/2.x folder (ours or stock; unused components ignored) on `device`/`dtype`."""
     path = check_pipeline_folder(path)
     try:
-        # Cast after loading: the load-time dtype keyword was renamed across diffusers releases.
-        pipe = TextToImagePipeline.from_pretrained(str(path))
+        # Cast while loading: a cast afterwards makes diffusers warn once per model.
+        pipe = TextToImagePipeline.from_pretrained(str(path), **({"torch_dtype": dtype} if dtype else {}))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"could not load the pipeline in {path}: {reason}") from None
-    return pipe.to(device=device, dtype=dtype)
+    return pipe.to(device=device)

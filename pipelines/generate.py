@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from transformers.utils import logging as transformers_logging
 
+from ldm.attention import check_attention, set_attention
 from ldm.grid import make_grid
 from pipelines.folder import load_pipeline
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
@@ -77,6 +77,11 @@ class GenerateConfig:
             "help": "auto (CUDA: bf16 or fp16; CPU: fp32), fp32, bf16 (CPU: autocast), fp16 (CUDA only)"
         },
     )
+    attention: str = field(
+        default="auto",
+        metadata={"help": "attention kernel: auto (xformers on CUDA when installed, else PyTorch SDPA), sdpa, "
+                          "xformers"},
+    )
 
     def __post_init__(self):
         if (self.prompt is None) == (self.prompts_file is None):
@@ -92,6 +97,7 @@ class GenerateConfig:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
@@ -185,13 +191,7 @@ def prepare_pipeline(config: GenerateConfig, device: torch.device, dtype: torch.
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     if weights_dtype == torch.float16:
         pipe.vae.to(torch.float32)  # the SD VAE decoder overflows in fp16; decoding in fp32 is cheap
-    if device.type == "cuda" and importlib.util.find_spec("xformers") is not None:
-        try:
-            pipe.enable_xformers_memory_efficient_attention()
-        except (
-            Exception
-        ) as error:  # a wheel built for another torch/CUDA fails here; PyTorch SDPA still works
-            logger.warning("xformers is installed but unusable (%s); using PyTorch attention", error)
+    logger.info("attention: %s", set_attention(pipe, config.attention, device))
     if config.compile:
         pipe.unet.compile()  # in place, so the pipeline still sees a UNet2DConditionModel
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch

@@ -17,6 +17,7 @@ from pipelines.folder import load_pipeline, save_pipeline_folder
 from pipelines.generate import main
 from pipelines.schedulers import make_scheduler
 
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the message names the CPU case")
 MANIFEST_KEYS = ["file", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "model"]
 
 
@@ -81,16 +82,17 @@ def test_writes_pngs_grid_and_manifest(model, prompts_file, tmp_path):
 
 
 def test_images_do_not_depend_on_batch_size_and_match_the_pipeline(model, prompts_file, tmp_path):
-    assert run(model, tmp_path / "b1", "--prompts-file", prompts_file, "--batch-size", 1) == 0
-    assert run(model, tmp_path / "b3", "--prompts-file", prompts_file, "--batch-size", 3) == 0
+    fp32 = ("--dtype", "fp32")  # on CUDA, auto would mean bf16; the reference pipeline below runs in fp32
+    assert run(model, tmp_path / "b1", "--prompts-file", prompts_file, "--batch-size", 1, *fp32) == 0
+    assert run(model, tmp_path / "b3", "--prompts-file", prompts_file, "--batch-size", 3, *fp32) == 0
     rows = read_manifest(tmp_path / "b1")
     assert rows == read_manifest(tmp_path / "b3")
     for row in rows:  # batching may move a float by an ulp, which can flip one 8-bit level at most
         assert (
             np.abs(pixels(tmp_path / "b1" / row["file"]) - pixels(tmp_path / "b3" / row["file"])).max() <= 1
         )
-    # The manifest seed alone reproduces an image with the plain pipeline.
-    pipe = load_pipeline(model)
+    # The manifest seed alone reproduces an image with the plain pipeline (on the device the command picked).
+    pipe = load_pipeline(model, device="cuda" if torch.cuda.is_available() else "cpu")
     pipe.scheduler = make_scheduler("dpm++", pipe.scheduler.config)
     row = rows[3]
     image = pipe(
@@ -116,7 +118,9 @@ def test_long_prompt_is_truncated_with_a_warning(model, tmp_path, caplog):
         (["--guidance-scale", "-1"], "--guidance-scale must be >= 0"),
         (["--height", "30"], "height must be a positive multiple of the VAE factor 4"),
         (["--scheduler", "plms"], "unknown scheduler"),
-        (["--dtype", "fp16"], "fp16 needs a CUDA GPU"),
+        pytest.param(["--dtype", "fp16"], "fp16 needs a CUDA GPU", marks=CPU_ONLY),
+        pytest.param(["--attention", "xformers"], "xformers needs a CUDA GPU", marks=CPU_ONLY),
+        (["--attention", "flash"], "--attention must be one of"),
     ],
 )
 def test_bad_options_exit_with_one_line(model, tmp_path, capsys, extra, message):

@@ -150,8 +150,11 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, word", [(("--min-snr-gamma", "5", "--snr-floor", "6"), "--snr-floor"),
                                          (("--snr-floor", "0"), "--snr-floor"),
-                                         (("--min-snr-gamma", "-1"), "--min-snr-gamma")])
-def test_bad_loss_weighting_is_a_one_line_error_before_any_work(parts, tmp_path, capsys, extra, word):
+                                         (("--min-snr-gamma", "-1"), "--min-snr-gamma"),
+                                         pytest.param(("--attention", "xformers"), "needs a CUDA GPU",
+                                                      marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                               reason="CPU-only message"))])
+def test_bad_option_is_a_one_line_error_before_any_work(parts, tmp_path, capsys, extra, word):
     assert train_ldm.main(_args(parts, tmp_path / "o", *extra)) == 1
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and word in err[0]

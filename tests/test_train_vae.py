@@ -170,3 +170,24 @@ def test_lpips_files_turn_on_the_lpips_metric(vae_config, tmp_path):
                                 "--lpips-heads", str(tmp_path / "heads.pth"))) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["lpips"] > 0 and "psnr" in metrics
+
+
+def test_model_without_gradients_is_not_stepped_under_a_grad_scaler(tmp_path):
+    """fp16 on CUDA: accelerate's GradScaler refuses an optimizer that recorded no gradients, which stopped
+    train_vae at step 1 (the discriminator has none before --disc-start). A CPU GradScaler reproduces it."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from ldm.training.accelerator import make_accelerator
+
+    accelerator = make_accelerator(output_dir=tmp_path, log_with=None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trained, idle = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    optimizers = [AcceleratedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), scaler=scaler)
+                  for m in (trained, idle)]
+    x = torch.randn(4, 3)
+    expected = trained.weight.detach() - 0.1 * x.sum(0).expand(2, 3)  # d(sum(Wx + b))/dW, unscaled
+    idle_before = idle.weight.detach().clone()
+    scaler.scale(trained(x).sum()).backward()
+    train_vae.step_optimizers([(trained, optimizers[0]), (idle, optimizers[1])], accelerator)
+    torch.testing.assert_close(trained.weight.detach(), expected)
+    assert torch.equal(idle.weight, idle_before) and trained.weight.grad is None
