@@ -286,7 +286,7 @@ def save_vae(vae, train_set, folder: Path, *, num_images: int, batch_size: int, 
     vae.eval()
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
     picked = order[:num_images].tolist()
-    generator = torch.Generator(device=vae.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU noise: the same factor on any device
     scaling_factor = measure_scaling_factor(vae, _batches(train_set, picked, batch_size), generator=generator)
     vae.register_to_config(scaling_factor=scaling_factor)
     vae.save_pretrained(folder)

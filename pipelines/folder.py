@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from pipelines.pipeline_text_to_image import TextToImagePipeline
 
@@ -119,9 +120,16 @@ def load_pipeline(
     """Load a diffusers SD-1.x/2.x folder (ours or stock; unused components ignored) on `device`/`dtype`."""
     path = check_pipeline_folder(path)
     try:
-        # Cast while loading: a cast afterwards makes diffusers warn once per model.
-        pipe = TextToImagePipeline.from_pretrained(str(path), **({"torch_dtype": dtype} if dtype else {}))
+        # Cast after loading: the load-time keyword is torch_dtype or dtype depending on the diffusers release.
+        pipe = TextToImagePipeline.from_pretrained(str(path))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"could not load the pipeline in {path}: {reason}") from None
-    return pipe.to(device=device)
+    if dtype is None:
+        return pipe.to(device=device)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # a cast warns per model about fp32-only modules, even with none
+    try:
+        return pipe.to(device=device, dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)

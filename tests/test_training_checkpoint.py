@@ -27,7 +27,7 @@ def _setup(tmp_path):
 
 
 def _train_step(model, optimizer, scheduler, ema):
-    loss = model(torch.randn(3, 4)).square().mean()
+    loss = model(torch.randn(3, 4).to(next(model.parameters()).device)).square().mean()
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()

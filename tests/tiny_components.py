@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -87,3 +88,13 @@ def tiny_vae(seed: int = 0, sample_size: int = 32) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4,
     ).eval()
+
+
+
+def skip_bitwise_comparison_on_cuda() -> None:
+    """Call after a resume test's runs and before comparing their weights bit for bit: on CUDA the runs still
+    ran (the resume path is exercised), but CUDA kernels sum in a varying order and Adam turns that noise into
+    full steps where the true gradient is zero (an H100 run: 0.49 relative difference in an attention key bias
+    between two resumed runs), so exactness is a CPU property."""
+    if torch.cuda.is_available():
+        pytest.skip("bitwise run-to-run equality holds on the CPU only; the runs themselves passed on CUDA")

@@ -18,8 +18,26 @@ def make_ema(model: torch.nn.Module, *, accelerator: Accelerator, decay: float =
     """
     ema = EMAModel(model.parameters(), decay=decay, use_ema_warmup=warmup, inv_gamma=1.0, power=2 / 3)
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(_OnDevice(ema, accelerator.device))
     return ema
+
+
+class _OnDevice:
+    """What the checkpoint holds for an EMA: its state dict, put back on the training device when loaded.
+
+    accelerate loads registered objects' states onto the CPU, and `EMAModel.load_state_dict` keeps them there,
+    so a resumed CUDA run stopped at its first EMA step (cuda:0 and cpu mixed).
+    """
+
+    def __init__(self, ema: EMAModel, device: torch.device):
+        self.ema, self.device = ema, device
+
+    def state_dict(self) -> dict:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state)
+        self.ema.to(self.device)
 
 
 @contextlib.contextmanager
