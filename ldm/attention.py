@@ -1,7 +1,8 @@
 """Which attention kernel the U-Net runs: xformers' memory-efficient attention or PyTorch SDPA.
 
-`--attention auto` (every command's default) takes xformers on CUDA when it is installed and works, and PyTorch's
-scaled_dot_product_attention otherwise; `sdpa` and `xformers` force one (for comparisons, or to rule a kernel out).
+`--attention auto` (every command's default) takes xformers on CUDA when it is installed and works, and
+PyTorch's scaled_dot_product_attention otherwise; `sdpa` and `xformers` force one (to compare, or to rule one
+out).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def check_attention(name: str, device: torch.device | str) -> None:
         if torch.device(device).type != "cuda":
             raise ValueError("--attention xformers needs a CUDA GPU; use sdpa or auto on CPU.")
         if importlib.util.find_spec("xformers") is None:
-            raise ValueError("--attention xformers: xformers is not installed (pip install -e \".[xformers]\").")
+            raise ValueError("--attention xformers: xformers is not installed "
+                             "(pip install -e \".[xformers]\").")
 
 
 def xformers_runs() -> bool:
@@ -49,8 +51,9 @@ def set_attention(model, name: str, device: torch.device | str) -> str:
     """
     check_attention(name, device)
     unet = getattr(model, "unet", model)
+    on_cuda = torch.device(device).type == "cuda"
     wants_xformers = name == "xformers" or (
-        name == "auto" and torch.device(device).type == "cuda" and importlib.util.find_spec("xformers") is not None)
+        name == "auto" and on_cuda and importlib.util.find_spec("xformers") is not None)
     if wants_xformers:
         try:
             unet.enable_xformers_memory_efficient_attention()
