@@ -7,6 +7,7 @@ import pytest
 from diffusers import StableDiffusionPipeline
 
 import quickstart
+from ldm.training.config import parse_config
 
 TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
        "--eval-weights", "0,1", "--eval-seeds", "1", "--eval-steps", "2"]
@@ -67,3 +68,19 @@ def test_simple_variant_reaches_every_stage(tmp_path, capsys):
     assert quickstart.main(["--simple", "--objects", "2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --simple") and "\n" not in err
+
+
+@pytest.mark.parametrize("variant, extra", [("full", []), ("simple", ["--simple"])])
+def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, variant, extra):
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    expected = quickstart.VARIANT_DEFAULTS[variant]
+    cfg = parse_config(quickstart.QuickstartConfig, ["--output-dir", str(tmp_path), *extra])
+    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    assert flag(commands["stage1"], "--max-steps") == str(expected["vae_steps"])
+    assert flag(commands["stage2"], "--max-steps") == str(expected["ldm_steps"])
+    assert flag(commands["eval"], "--seeds-per-prompt") == str(expected["eval_seeds"])
+    given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9"])
+    commands = {name: argv for name, _, argv in quickstart._stage_commands(given, tmp_path)}
+    assert flag(commands["stage1"], "--max-steps") == "7" and flag(commands["stage2"], "--max-steps") == "9"
