@@ -39,7 +39,7 @@ def test_sdpa_on_cpu_matches_the_explicit_softmax_processor(name):
         torch.testing.assert_close(unet(*_inputs()).sample, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_set_attention_reaches_a_pipelines_unet(tmp_path):
+def test_set_attention_reaches_a_pipelines_unet():
     class Holder:  # anything with a .unet, as a diffusers pipeline has
         unet = tiny_unet()
     Holder.unet.set_attn_processor(AttnProcessor())
