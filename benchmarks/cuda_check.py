@@ -29,6 +29,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 import quickstart
+import train_ldm
 from ldm.attention import set_attention, xformers_runs
 from ldm.conditioning import encode_prompt
 from ldm.data import open_dataset
@@ -85,15 +86,17 @@ def validation_loss(folder: Path, *, images: int = 512) -> float:
     prompt_embeds = encode_prompt(pipe.text_encoder, pipe.tokenizer, cache.captions)
     latents, noise, timesteps = latents.to(DEVICE), noise.to(DEVICE), timesteps.to(DEVICE)
     noise_pred = pipe.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, prompt_embeds).sample
-    weights = min_snr_weights(snr(scheduler, timesteps), gamma=5.0, prediction_type="v_prediction")
+    trained = json.loads((folder / train_ldm.CONFIG_FILE).read_text())  # the loss weighting it was trained with
+    weights = min_snr_weights(snr(scheduler, timesteps), gamma=trained["min_snr_gamma"],
+                              prediction_type=trained["prediction_type"], floor=trained["snr_floor"])
     return diffusion_loss(noise_pred, training_target(scheduler, latents, noise, timesteps), weights).item()
 
 
-def stage2(work: Path, vae: Path, steps: int) -> dict[str, dict]:
+def stage2(work: Path, vae: Path, steps: int, *, with_xformers: bool) -> dict[str, dict]:
     runs = [("no", "sdpa"), ("no", "xformers"), ("fp16", "auto"), ("bf16", "auto")]
     if DEVICE == "cpu":
         runs = [("no", "sdpa"), ("bf16", "auto")]
-    elif not xformers_runs():
+    elif not with_xformers:
         runs.remove(("no", "xformers"))
     rows = {}
     for precision, attention in runs:
@@ -129,14 +132,14 @@ def sample_all(pipe, prompts, *, seeds: int, steps: int, w: float) -> tuple[np.n
     return np.concatenate(images), time.perf_counter() - start
 
 
-def sampling(folder: Path, *, seeds: int, steps: int, w: float) -> dict[str, dict]:
+def sampling(folder: Path, *, seeds: int, steps: int, w: float, with_xformers: bool) -> dict[str, dict]:
     prompts = build_prompt_set(prompts_per_split=12, max_objects=1, seed=0)
     statements = [prompt_statement(item.scene) for item in prompts for _ in range(seeds)]
     settings = [("fp32", "sdpa"), ("fp32", "xformers"), ("fp16", "sdpa"), ("fp16", "xformers"),
                 ("bf16", "sdpa"), ("bf16", "xformers")]
     if DEVICE == "cpu":
         settings = [("fp32", "sdpa")]
-    elif not xformers_runs():
+    elif not with_xformers:
         settings = [s for s in settings if s[1] != "xformers"]
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     results = {}
@@ -180,14 +183,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     versions = {name: (importlib.metadata.version(name) if importlib.util.find_spec(name) else "not installed")
                 for name in ("torch", "diffusers", "transformers", "accelerate", "xformers")}
-    versions["xformers kernels"] = "run" if xformers_runs() else "do not run"
+    with_xformers = xformers_runs()  # probed once: it runs a CUDA kernel
+    versions["xformers kernels"] = "run" if with_xformers else "do not run"
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     print(device_name, versions, flush=True)
     report = {"device": device_name, "versions": versions}
     report["stage1"] = stage1(work, args.vae_steps)
-    report["stage2"] = stage2(work, work / "vae_no" / "vae", args.ldm_steps)
+    report["stage2"] = stage2(work, work / "vae_no" / "vae", args.ldm_steps, with_xformers=with_xformers)
     report["sampling"] = sampling(Path(report["stage2"]["no_sdpa"]["folder"]), seeds=args.seeds, steps=20,
-                                  w=args.w)
+                                  w=args.w, with_xformers=with_xformers)
     (work / "cuda_check.json").write_text(json.dumps(report, indent=2))
     print(f"stage 1, {args.vae_steps} steps:")
     for name, row in report["stage1"].items():
