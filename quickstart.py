@@ -83,7 +83,8 @@ STAGE2_RECIPE = ["--prediction-type", "v_prediction", "--min-snr-gamma", "5", "-
 def text_preset(objects: int) -> str:
     """The from-scratch text encoder: for one object, no transformer layers (with the 2-layer `tiny` the U-Net
     never used the position words; with `embeddings` it does: position 12-24% -> 41-55%, measured with the
-    1,200-step stage 1 of that time, README Results); several objects need `tiny`'s layers to tell which object a colour or shape belongs to."""
+    1,200-step stage 1 of that time, README Results); several objects need `tiny`'s layers to tell which
+    object a colour or shape belongs to."""
     return "embeddings" if objects == 1 else "tiny"
 
 
