@@ -24,7 +24,7 @@ from transformers import CLIPTokenizer
 
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
-from ldm.conditioning import drop_mask, encode_input_ids, null_prompt_embeds, tokenize_prompts
+from ldm.conditioning import drop_mask, drop_words, encode_input_ids, null_prompt_embeds, tokenize_prompts
 from ldm.data import open_dataset
 from ldm.grid import make_grid
 from ldm.latents import load_or_encode
@@ -81,6 +81,8 @@ class TrainConfig:
     offset_noise: float = option(0.0, "offset-noise strength, e.g. 0.1 (Guttenberg 2023, crosslabs.org)")
     zero_terminal_snr: bool = option(False, "rescale betas to zero terminal SNR (arXiv:2305.08891)")
     cond_dropout: float = option(0.1, "probability of replacing a caption by the empty prompt (for guidance)")
+    caption_word_dropout: float = option(0.0, "probability of deleting each word of a caption at each step, so "
+                                              "that every word carries its own meaning (e.g. 0.15)")
     # Optimisation.
     max_steps: int = option(2000, "optimizer steps")
     batch_size: int = option(32, "images per process per micro-step")
@@ -121,6 +123,8 @@ class TrainConfig:
             self.text_encoder = self.pretrained  # the U-Net's cross-attention expects that pipeline's encoder
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"--cond-dropout must be in [0, 1], got {self.cond_dropout}.")
+        if not 0.0 <= self.caption_word_dropout < 1.0:
+            raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
@@ -145,12 +149,14 @@ class CaptionEmbedder:
     Captions are tokenized once (`ldm.conditioning.tokenize_prompts`). A frozen encoder embeds each unique
     caption once (if that fits in EMBED_CACHE_MAX_BYTES); a trainable one runs every step, and the null
     embedding (`ldm.conditioning.null_prompt_embeds`, the sampler's ε(x) condition) is then recomputed with
-    gradients.
+    gradients. Under caption word dropout the shortened captions are tokenized and encoded at each step.
     """
 
     def __init__(self, text_encoder, tokenizer, captions: list[str], *, trainable: bool):
         self.text_encoder, self.tokenizer, self.trainable = text_encoder, tokenizer, trainable
         unique = list(dict.fromkeys(captions))
+        self.unique_captions = unique
+        self.max_words = max(len(caption.split()) for caption in unique)  # columns of word-dropout draws
         position = {caption: i for i, caption in enumerate(unique)}
         self.caption_index = torch.tensor([position[c] for c in captions])  # (N,) → row of input_ids
         self.input_ids = tokenize_prompts(tokenizer, unique)  # (U, L)
@@ -166,10 +172,16 @@ class CaptionEmbedder:
     def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         return encode_input_ids(self.text_encoder, input_ids, pad_token_id=self.tokenizer.pad_token_id)
 
-    def __call__(self, indices: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition."""
+    def __call__(self, indices: torch.Tensor, keep: torch.Tensor, word_draws: torch.Tensor | None = None,
+                 word_dropout: float = 0.0) -> torch.Tensor:
+        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition; word_draws: (b, max_words)
+        uniform draws for `ldm.conditioning.drop_words` at probability `word_dropout` (None: whole captions)."""
         rows = self.caption_index[indices]
-        if self.table is not None:
+        if word_draws is not None:
+            captions = drop_words([self.unique_captions[row] for row in rows.tolist()], word_draws, word_dropout)
+            with torch.set_grad_enabled(self.trainable):
+                prompt_embeds = self._encode(tokenize_prompts(self.tokenizer, captions))
+        elif self.table is not None:
             prompt_embeds = self.table[rows]
         else:
             with torch.set_grad_enabled(self.trainable):
@@ -237,11 +249,16 @@ def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, 
     noise = sample_noise(latents, offset_noise=config.offset_noise, generator=generator)
     num_timesteps = noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
+    # Drawn last, and only when on, so that every other draw is the same with and without word dropout.
+    word_draws = (torch.rand(len(indices), embedder.max_words, generator=generator)
+                  if config.caption_word_dropout > 0 else None)
     latents, noise, timesteps, keep, indices = (local_slice(t, rank, world)
                                                 for t in (latents, noise, timesteps, keep, indices))
     latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
+    if word_draws is not None:
+        word_draws = local_slice(word_draws, rank, world)
 
-    prompt_embeds = embedder(indices, keep)
+    prompt_embeds = embedder(indices, keep, word_draws, config.caption_word_dropout)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     noise_pred = unet(noisy_latents, timesteps, prompt_embeds).sample
     weights = min_snr_weights(snr(noise_scheduler, timesteps), gamma=config.min_snr_gamma,

@@ -70,6 +70,28 @@ def drop_mask(batch_size: int, p: float, generator: torch.Generator | None = Non
     return (torch.rand(batch_size, generator=generator, device=gen_device) < p).to(device)
 
 
+def drop_words(captions: list[str], draws: torch.Tensor, p: float) -> list[str]:
+    """Caption word dropout: delete word j of caption i where `draws[i, j] < p` (draws: `(B, W)` uniform in
+    [0, 1), W at least the most words in a caption). A caption that would lose every word is kept whole, so
+    word dropout never turns into conditioning dropout; the empty prompt stays the null condition alone.
+
+    Each word is then also seen without the words it usually comes with, so its own meaning has to reach the
+    U-Net (the sentence-caption form of kohya sd-scripts' caption tag dropout).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"caption word dropout must be in [0, 1), got {p}.")
+    if draws.shape[0] != len(captions):
+        raise ValueError(f"got {draws.shape[0]} rows of draws for {len(captions)} captions.")
+    kept_captions = []
+    for caption, row in zip(captions, draws.tolist()):
+        words = caption.split()
+        if len(words) > len(row):
+            raise ValueError(f"{len(words)} words but only {len(row)} draws for caption {caption!r}.")
+        kept = [word for word, u in zip(words, row) if u >= p]
+        kept_captions.append(" ".join(kept) if kept else caption)
+    return kept_captions
+
+
 def apply_cond_dropout(prompt_embeds: torch.Tensor, null_embeds: torch.Tensor, *, p: float,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each row of `prompt_embeds` `(B, L, D)` by `null_embeds` `(1, L, D)` with probability `p`.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_components import TINY_MAX_LENGTH, tiny_text_encoder, tiny_tokenizer
 
-from ldm.conditioning import (apply_cond_dropout, drop_mask, encode_prompt, null_prompt_embeds,
+from ldm.conditioning import (apply_cond_dropout, drop_mask, drop_words, encode_prompt, null_prompt_embeds,
                               tokenize_prompts)
 
 
@@ -94,3 +94,26 @@ def test_apply_cond_dropout_replaces_exactly_the_drawn_rows():
     assert torch.equal(out[dropped], null.expand(int(dropped.sum()), 5, 3))
     assert torch.equal(out[~dropped], prompt_embeds[~dropped])
     assert torch.equal(apply_cond_dropout(prompt_embeds, null, p=0.0), prompt_embeds)
+
+
+def test_drop_words_deletes_exactly_the_words_drawn_below_p():
+    captions = ["a small red circle on the left", "a blue square", "a cross"]
+    draws = torch.tensor([[0.9, 0.9, 0.1, 0.9, 0.9, 0.05, 0.9],
+                          [0.2, 0.8, 0.3, 0.0, 0.0, 0.0, 0.0],  # columns past the last word are unused
+                          [0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9]])  # every word drawn: the caption stays whole
+    assert drop_words(captions, draws, 0.25) == ["a small circle on left", "blue square", "a cross"]
+    assert drop_words(captions, draws, 0.0) == captions
+
+
+def test_drop_words_rate_matches_p():
+    """Over many captions the share of deleted words is p (less the rare all-dropped captions kept whole)."""
+    captions = ["one two three four five six seven eight"] * 4000
+    kept = drop_words(captions, torch.rand(4000, 8, generator=torch.Generator().manual_seed(3)), 0.2)
+    deleted = 1 - sum(len(c.split()) for c in kept) / (8 * 4000)
+    assert abs(deleted - 0.2) < 0.01
+
+
+@pytest.mark.parametrize("p, shape", [(1.0, (1, 3)), (-0.1, (1, 3)), (0.1, (2, 3)), (0.1, (1, 2))])
+def test_drop_words_rejects_bad_arguments(p, shape):
+    with pytest.raises(ValueError):
+        drop_words(["a red circle"], torch.rand(shape), p)

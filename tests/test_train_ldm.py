@@ -129,6 +129,37 @@ def test_frozen_caption_embeddings_match_encode_prompt(tmp_path):
     torch.testing.assert_close(got[1:2], null)
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_caption_word_dropout_embeds_the_shortened_captions(tmp_path, trainable):
+    """Under word dropout each row is encode_prompt of its caption less the drawn words (the null prompt for
+    dropped rows); draws all >= p give the whole captions, as without word dropout."""
+    tokenizer = tiny_tokenizer(tmp_path)
+    text_encoder = tiny_text_encoder(tokenizer)
+    captions = ["a red circle on the left", "a blue square", "a red circle on the left"]
+    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=trainable)
+    assert embedder.max_words == 6
+    indices, keep = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
+    draws = torch.tensor([[0.9, 0.1, 0.9, 0.9, 0.9, 0.1], [0.1, 0.9, 0.9, 0.9, 0.9, 0.9], [0.1] * 6])
+    with torch.no_grad():
+        expected = encode_prompt(text_encoder, tokenizer, ["a circle on the", "blue square", ""])
+        whole = encode_prompt(text_encoder, tokenizer, captions[:2] + [""])
+    torch.testing.assert_close(embedder(indices, keep, draws, 0.5), expected)
+    torch.testing.assert_close(embedder(indices, keep, torch.ones(3, 6) * 0.6, 0.5), whole)
+    torch.testing.assert_close(embedder(indices, keep), whole)
+
+
+def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):
+    common = ("--caption-word-dropout", "0.3", "--checkpoint-every", "2")
+    assert train_ldm.main(_args(parts, tmp_path / "straight", "--max-steps", "4", *common)) == 0
+    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "2", *common)) == 0
+    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)) == 0
+    assert train_ldm.main(_args(parts, tmp_path / "plain", "--max-steps", "4", "--checkpoint-every", "2")) == 0
+    skip_bitwise_comparison_on_cuda()
+    straight, split, plain = (_weights(tmp_path / name) for name in ("straight", "split", "plain"))
+    assert all(torch.equal(straight[key], split[key]) for key in straight)
+    assert any(not torch.equal(straight[key], plain[key]) for key in straight)  # the captions did change
+
+
 def test_non_finite_loss_stops_with_one_line_error(parts, tmp_path, capsys):
     out = tmp_path / "out"
     code = train_ldm.main(_args(parts, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
@@ -152,6 +183,7 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
 @pytest.mark.parametrize("extra, word", [(("--min-snr-gamma", "5", "--snr-floor", "6"), "--snr-floor"),
                                          (("--snr-floor", "0"), "--snr-floor"),
                                          (("--min-snr-gamma", "-1"), "--min-snr-gamma"),
+                                         (("--caption-word-dropout", "1"), "--caption-word-dropout"),
                                          pytest.param(("--attention", "xformers"), "needs a CUDA GPU",
                                                       marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                                reason="CPU-only message"))])
