@@ -39,6 +39,16 @@ def report(folder: Path) -> str:
                      f"{_colour_and_shape(evaluation['samples'], entry['w'], 'seen')} | "
                      f"{_colour_and_shape(evaluation['samples'], entry['w'], 'held_out')} | "
                      f"{entry['diversity']['all']:.3f} |")
+    by_background = [entry for entry in evaluation["sweep"] if entry.get("adherence_by_background")]
+    if by_background:
+        backgrounds = sorted({b for e in by_background for split in e["adherence_by_background"].values()
+                              for b in split})
+        lines += ["", "| w | " + " | ".join(f"seen, {b} | held-out, {b}" for b in backgrounds) + " |",
+                  "|---" * (1 + 2 * len(backgrounds)) + "|"]
+        for entry in by_background:
+            cells = [_pct(entry["adherence_by_background"][split].get(b, {}))
+                     for b in backgrounds for split in ("seen", "held_out")]
+            lines.append(f"| {entry['w']:g} | " + " | ".join(cells) + " |")
     readback = evaluation.get("vae", {}).get("readback")
     if readback:
         per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items()

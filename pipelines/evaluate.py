@@ -269,8 +269,9 @@ def evaluate(config: EvalConfig) -> dict:
     started = time.perf_counter()
     samples, diversities = run_sweep(pipe, prompts, config, out_dir)
     sampling_s = time.perf_counter() - started
+    backgrounds = {p.prompt: p.scene.background for p in prompts}
     records = [metrics.SampleRecord(s["w"], s["split"], s["prompt"], s["seed"], s["adherent"],
-                                    s["attributes"]) for s in samples]
+                                    s["attributes"], backgrounds[s["prompt"]]) for s in samples]
     per_prompt = [metrics.PromptDiversity(**d) for d in diversities]
     sweep = metrics.summarise_sweep(records, per_prompt, weights=config.guidance_weights())
     plot_guidance_sweep(out_dir / "adherence_vs_guidance.png", weights=[e["w"] for e in sweep],

@@ -129,18 +129,22 @@ def test_diversity_extremes_and_errors():
 def test_summarise_sweep_by_hand():
     rec = metrics.SampleRecord
     records = [
-        rec(0, "seen", "p1", 0, True, {"count": True, "colour": True}),
-        rec(0, "seen", "p1", 1, False, {"count": True, "colour": False}),
+        rec(0, "seen", "p1", 0, True, {"count": True, "colour": True}, "grey"),
+        rec(0, "seen", "p1", 1, False, {"count": True, "colour": False}, "grey"),
+        rec(0, "seen", "p4", 0, True, {"count": True, "colour": True}, "white"),
         rec(0, "held_out", "p2", 0, False, {"count": False, "colour": True}),
-        rec(2, "seen", "p1", 0, True, {"count": True, "colour": True}),
+        rec(2, "seen", "p1", 0, True, {"count": True, "colour": True}, "grey"),
     ]
     div = metrics.PromptDiversity
     diversities = [div(0, "seen", "p1", 0.2), div(0, "seen", "p3", 0.4), div(0, "held_out", "p2", 0.6)]
     w0, w2 = metrics.summarise_sweep(records, diversities, weights=[0, 2])
     assert (w0["w"], w0["guidance_scale"], w2["guidance_scale"]) == (0, 1, 3)
-    assert w0["adherence"]["seen"] == {"rate": 0.5, "correct": 1, "total": 2}
+    assert w0["adherence"]["seen"] == {"rate": 2 / 3, "correct": 2, "total": 3}
     assert w0["adherence"]["held_out"] == {"rate": 0.0, "correct": 0, "total": 1}
-    assert w0["attribute_accuracy"]["seen"]["colour"] == {"rate": 0.5, "correct": 1, "total": 2}
+    assert w0["attribute_accuracy"]["seen"]["colour"] == {"rate": 2 / 3, "correct": 2, "total": 3}
+    assert w0["adherence_by_background"]["seen"] == {"grey": {"rate": 0.5, "correct": 1, "total": 2},
+                                                     "white": {"rate": 1.0, "correct": 1, "total": 1}}
+    assert w0["adherence_by_background"]["held_out"] == {}  # its record names no background
     assert w0["attribute_accuracy"]["seen"]["shape"] == {"rate": None, "correct": 0, "total": 0}
     assert w0["diversity"] == {"seen": pytest.approx(0.3), "held_out": pytest.approx(0.6),
                                "all": pytest.approx(0.4)}

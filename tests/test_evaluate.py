@@ -68,6 +68,12 @@ def test_numbers_agree_with_reading_the_saved_images_again(evaluated):
         for split in metrics.SPLITS:
             flags = [s["adherent"] for s in report["samples"] if s["w"] == entry["w"] and s["split"] == split]
             assert entry["adherence"][split]["rate"] == pytest.approx(sum(flags) / len(flags))
+            for background, rate in entry["adherence_by_background"][split].items():
+                flags = [s["adherent"] for s in report["samples"] if s["w"] == entry["w"]
+                         and s["split"] == split and scenes[s["prompt"]]["background"] == background]
+                assert rate == {"rate": pytest.approx(sum(flags) / len(flags)), "correct": sum(flags),
+                                "total": len(flags)}
+            assert sum(r["total"] for r in entry["adherence_by_background"][split].values()) == PROMPTS * SEEDS
         per_prompt = []
         for prompt in scenes:
             files = [s["file"] for s in report["samples"] if s["w"] == entry["w"] and s["prompt"] == prompt]

@@ -109,6 +109,7 @@ class SampleRecord:
     seed: int
     adherent: bool
     attributes: dict  # attribute name → bool, as attribute_matches returns
+    background: str | None = None  # the prompt scene's background, for the per-background breakdown
 
 
 @dataclass
@@ -130,20 +131,27 @@ def summarise_sweep(records: list[SampleRecord], diversities: list[PromptDiversi
     """Aggregate per guidance weight w (one dict per w, in `weights` order).
 
     Each dict: `w`, `guidance_scale` (= w + 1), `adherence[split]` = {rate, correct, total},
-    `attribute_accuracy[split][attribute]` = {rate, correct, total}, and `diversity[split]` /
+    `attribute_accuracy[split][attribute]` = {rate, correct, total}, `adherence_by_background[split]
+    [background]` = {rate, correct, total} over the records that name one, and `diversity[split]` /
     `diversity["all"]` = mean over prompts (None where no prompt had ≥ 2 images). Rates are None for an
     empty split.
     """
     summary = []
     for w in weights:
         at_w = [r for r in records if r.w == w]
-        entry = {"w": w, "guidance_scale": w + 1, "adherence": {}, "attribute_accuracy": {}, "diversity": {}}
+        entry = {"w": w, "guidance_scale": w + 1, "adherence": {}, "attribute_accuracy": {},
+                 "adherence_by_background": {}, "diversity": {}}
         for split in SPLITS:
             in_split = [r for r in at_w if r.split == split]
             entry["adherence"][split] = _rate([r.adherent for r in in_split])
             entry["attribute_accuracy"][split] = {
                 name: _rate([r.attributes[name] for r in in_split if name in r.attributes])
                 for name in ATTRIBUTES
+            }
+            backgrounds = sorted({r.background for r in in_split if r.background is not None})
+            entry["adherence_by_background"][split] = {
+                background: _rate([r.adherent for r in in_split if r.background == background])
+                for background in backgrounds
             }
         for split in SPLITS + ("all",):
             values = [d.diversity for d in diversities if d.w == w and split in (d.split, "all")]
