@@ -174,11 +174,13 @@ class CaptionEmbedder:
 
     def __call__(self, indices: torch.Tensor, keep: torch.Tensor, word_draws: torch.Tensor | None = None,
                  word_dropout: float = 0.0) -> torch.Tensor:
-        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition; word_draws: (b, max_words)
-        uniform draws for `ldm.conditioning.drop_words` at probability `word_dropout` (None: whole captions)."""
+        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition; word_draws:
+        (b, max_words) uniform draws for `ldm.conditioning.drop_words` at probability `word_dropout`
+        (None: whole captions)."""
         rows = self.caption_index[indices]
         if word_draws is not None:
-            captions = drop_words([self.unique_captions[row] for row in rows.tolist()], word_draws, word_dropout)
+            captions = [self.unique_captions[row] for row in rows.tolist()]
+            captions = drop_words(captions, word_draws, word_dropout)
             with torch.set_grad_enabled(self.trainable):
                 prompt_embeds = self._encode(tokenize_prompts(self.tokenizer, captions))
         elif self.table is not None:

@@ -16,7 +16,11 @@ _CROSS_2 = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"
 UNET_PRESETS: dict[str, dict] = {
     # The quickstart's U-Net: a quarter of cpu-small's width, three times its steps per second on 2 CPU cores
     # (8x8 latents, batch 64), which bought more adherence per minute than width did; 1.1 M parameters.
-    "cpu-tiny": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(1, 2), **_CROSS_2),
+    # Two normalisation groups (16 and 32 channels each): diffusers' default of 32 groups is one channel per
+    # group at this width, an instance norm that drops each channel's level and contrast at every block; on
+    # the quickstart's data, seen adherence went from 81% to 100% at w = 1 (README Results).
+    "cpu-tiny": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(1, 2),
+                     norm_num_groups=2, **_CROSS_2),
     # 8–16 px latents on a CPU: two resolutions, cross-attention at both (text matters at every scale);
     # 4.3 M parameters with a 128-wide text encoder.
     "cpu-small": dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=(2, 4),

@@ -152,7 +152,8 @@ def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):
     common = ("--caption-word-dropout", "0.3", "--checkpoint-every", "2")
     assert train_ldm.main(_args(parts, tmp_path / "straight", "--max-steps", "4", *common)) == 0
     assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)) == 0
+    resumed = _args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)
+    assert train_ldm.main(resumed) == 0
     assert train_ldm.main(_args(parts, tmp_path / "plain", "--max-steps", "4", "--checkpoint-every", "2")) == 0
     skip_bitwise_comparison_on_cuda()
     straight, split, plain = (_weights(tmp_path / name) for name in ("straight", "split", "plain"))

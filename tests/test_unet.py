@@ -31,6 +31,12 @@ def test_cpu_presets_size_and_heads(preset, millions):
     assert all("CrossAttn" in name for name in unet.config.down_block_types + unet.config.up_block_types)
 
 
+def test_cpu_tiny_normalises_groups_of_channels_not_single_channels():
+    """At 32 channels diffusers' default 32 groups would normalise each channel alone (an instance norm)."""
+    norms = [m for m in _meta_unet("cpu-tiny", 128, 8).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 16 for m in norms)
+
+
 def test_sd15_preset_is_stable_diffusion_unet():
     unet = _meta_unet("sd15", 768, 64)
     assert _n_params(unet) == 859_520_964  # the published parameter count of SD 1.x's U-Net
