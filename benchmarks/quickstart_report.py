@@ -60,25 +60,39 @@ def report(folder: Path) -> str:
 
 
 def readme_images(folder: Path, out: Path, *, w: float, prefix: str = "quickstart") -> None:
-    """The README's figures: the guidance plot, the last stage-1 reconstruction grid, and samples at `w`
-    (four seeds each of three seen and three held-out prompts, captioned when every attribute was right), as
-    `{prefix}_guidance.png`, `{prefix}_reconstructions.png` and `{prefix}_samples.png`."""
+    """The README's figures: the guidance plot, the last stage-1 reconstruction grid, samples at `w` (four
+    seeds each of three seen and three held-out prompts, captioned when every attribute was right), and the
+    held-out prompts of the background where they fail most, as `{prefix}_guidance.png`,
+    `{prefix}_reconstructions.png`, `{prefix}_samples.png` and `{prefix}_heldout_{background}.png`."""
     out.mkdir(parents=True, exist_ok=True)
     Image.open(folder / "eval" / "adherence_vs_guidance.png").save(out / f"{prefix}_guidance.png", optimize=True)
     recon = Image.open(sorted((folder / "stage1" / "samples").glob("step-*.png"))[-1])
     recon.resize((recon.width * 3, recon.height * 3), Image.NEAREST).save(out / f"{prefix}_reconstructions.png",
                                                                           optimize=True)
     evaluation = json.loads((folder / "eval" / "eval.json").read_text())
+    prompts = {split: [p for p in evaluation["prompts"] if p["split"] == split] for split in ("seen", "held_out")}
+    _sample_figure(folder, evaluation, prompts["seen"][:3] + prompts["held_out"][:3], w,
+                   out / f"{prefix}_samples.png")
+    # The background on which held-out prompts fail most at w, with up to three of its held-out prompts.
+    entry = next((e for e in evaluation["sweep"] if e["w"] == w), {})
+    rates = {b: r["rate"] for b, r in entry.get("adherence_by_background", {}).get("held_out", {}).items()}
+    if len(rates) > 1:
+        worst = min(rates, key=rates.get)
+        chosen = [p for p in prompts["held_out"] if p["scene"]["background"] == worst][:3]
+        _sample_figure(folder, evaluation, chosen, w, out / f"{prefix}_heldout_{worst}.png")
+
+
+def _sample_figure(folder: Path, evaluation: dict, prompts: list[dict], w: float, path: Path) -> None:
+    """Four seeds of each prompt at `w`, one row per prompt, captioned when every attribute was right."""
     images, captions = [], []
-    for split in ("seen", "held_out"):
-        for prompt in [p["prompt"] for p in evaluation["prompts"] if p["split"] == split][:3]:
-            rows = [s for s in evaluation["samples"] if s["w"] == w and s["prompt"] == prompt][:4]
-            for k, sample in enumerate(rows):
-                images.append(Image.open(folder / "eval" / sample["file"]).convert("RGB").resize((96, 96),
-                                                                                              Image.NEAREST))
-                label = f"{'held-out: ' if split == 'held_out' else ''}{prompt}" if k == 0 else ""
-                captions.append(label or ("all attributes right" if sample["adherent"] else ""))
-    make_grid(images, captions=captions, ncols=4).save(out / f"{prefix}_samples.png", optimize=True)
+    for item in prompts:
+        rows = [s for s in evaluation["samples"] if s["w"] == w and s["prompt"] == item["prompt"]][:4]
+        for k, sample in enumerate(rows):
+            images.append(Image.open(folder / "eval" / sample["file"]).convert("RGB").resize((96, 96),
+                                                                                          Image.NEAREST))
+            label = f"{'held-out: ' if item['split'] == 'held_out' else ''}{item['prompt']}" if k == 0 else ""
+            captions.append(label or ("all attributes right" if sample["adherent"] else ""))
+    make_grid(images, captions=captions, ncols=4).save(path, optimize=True)
 
 
 def main() -> None:

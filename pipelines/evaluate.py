@@ -269,7 +269,8 @@ def evaluate(config: EvalConfig) -> dict:
     started = time.perf_counter()
     samples, diversities = run_sweep(pipe, prompts, config, out_dir)
     sampling_s = time.perf_counter() - started
-    backgrounds = {p.prompt: p.scene.background for p in prompts}
+    # The background each prompt states (None for a simple prompt, which leaves it to the model).
+    backgrounds = {p.prompt: metrics.prompt_statement(p.scene).background for p in prompts}
     records = [metrics.SampleRecord(s["w"], s["split"], s["prompt"], s["seed"], s["adherent"],
                                     s["attributes"], backgrounds[s["prompt"]]) for s in samples]
     per_prompt = [metrics.PromptDiversity(**d) for d in diversities]

@@ -132,6 +132,16 @@ def test_prompt_set_splits():
         assert p.prompt == shapes.canonical_prompt(p.scene)
 
 
+def test_simple_prompts_state_no_background_so_get_no_background_breakdown(evaluated, tmp_path):
+    """A simple prompt ("a red circle") leaves the background to the model: nothing to group by."""
+    model, _, _ = evaluated
+    argv = ["--model", str(model), "--out", str(tmp_path), "--weights", "0", "--seeds-per-prompt", "1",
+            "--prompts-per-split", "1", "--steps", "1", "--vae-samples", "0", "--device", "cpu", "--simple"]
+    assert evaluate.main(argv) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["sweep"][0]["adherence_by_background"] == {"seen": {}, "held_out": {}}
+
+
 def test_simple_prompt_set_names_colour_and_shape_only():
     prompts = evaluate.build_prompt_set(prompts_per_split=12, max_objects=1, seed=0, simple=True)
     held_out = [p for p in prompts if p.split == "held_out"]

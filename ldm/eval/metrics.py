@@ -109,7 +109,7 @@ class SampleRecord:
     seed: int
     adherent: bool
     attributes: dict  # attribute name → bool, as attribute_matches returns
-    background: str | None = None  # the prompt scene's background, for the per-background breakdown
+    background: str | None = None  # the background the prompt states, for the per-background breakdown
 
 
 @dataclass
