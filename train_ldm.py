@@ -70,6 +70,8 @@ class TrainConfig:
     preset: str | None = option(None, "U-Net preset (default cpu-small)", choices=sorted(UNET_PRESETS))
     config: str | None = option(None, "U-Net config JSON (UNet2DConditionModel arguments)")
     pretrained: str | None = option(None, "fine-tune the unet/ of this pipeline folder")
+    norm_num_groups: int | None = option(None, "GroupNorm groups of a new U-Net (default: the preset's or "
+                                               "config's); must divide every block's channels")
     # Objective (ldm.objective).
     prediction_type: str = option("epsilon", "what the U-Net predicts", choices=("epsilon", "v_prediction"))
     beta_schedule: str = option("linear", "noise schedule (DDPM linear 1e-4..0.02)",
@@ -123,6 +125,9 @@ class TrainConfig:
             self.text_encoder = self.pretrained  # the U-Net's cross-attention expects that pipeline's encoder
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"--cond-dropout must be in [0, 1], got {self.cond_dropout}.")
+        if self.norm_num_groups is not None and (self.norm_num_groups < 1 or self.pretrained):
+            raise ValueError(f"--norm-num-groups must be at least 1, for a new U-Net (not --pretrained); got "
+                             f"{self.norm_num_groups}.")
         if not 0.0 <= self.caption_word_dropout < 1.0:
             raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
@@ -328,7 +333,8 @@ def train(config: TrainConfig) -> Path:
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
                       cross_attention_dim=text_encoder.config.hidden_size,
-                      sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels)
+                      sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels,
+                      norm_num_groups=config.norm_num_groups)
     logger.info("attention: %s", set_attention(unet, config.attention, accelerator.device))
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

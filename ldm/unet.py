@@ -35,16 +35,26 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 
-def _unet_from_preset(preset: str, *, cross_attention_dim: int, sample_size: int,
-                      in_channels: int) -> UNet2DConditionModel:
+def _check_groups(config: dict) -> None:
+    """GroupNorm needs its groups to divide every block's channels; say so in one line, not in diffusers'."""
+    groups = config.get("norm_num_groups", 32)
+    channels = list(config.get("block_out_channels", (320, 640, 1280, 1280)))
+    if groups < 1 or any(c % groups for c in channels):
+        raise ValueError(f"norm_num_groups {groups} must divide every block's channels {channels}.")
+
+
+def _unet_from_preset(preset: str, *, cross_attention_dim: int, sample_size: int, in_channels: int,
+                      overrides: dict) -> UNet2DConditionModel:
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}.")
+    config = {**UNET_PRESETS[preset], **overrides}
+    _check_groups(config)
     return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-                                cross_attention_dim=cross_attention_dim, **UNET_PRESETS[preset])
+                                cross_attention_dim=cross_attention_dim, **config)
 
 
-def _unet_from_config(config_path: Path, *, cross_attention_dim: int,
-                      sample_size: int) -> UNet2DConditionModel:
+def _unet_from_config(config_path: Path, *, cross_attention_dim: int, sample_size: int,
+                      overrides: dict) -> UNet2DConditionModel:
     if not config_path.is_file():
         raise FileNotFoundError(f"U-Net config file not found: {config_path}")
     try:
@@ -54,7 +64,8 @@ def _unet_from_config(config_path: Path, *, cross_attention_dim: int,
     if config.get("cross_attention_dim", cross_attention_dim) != cross_attention_dim:
         logger.info("U-Net config cross_attention_dim %s replaced by the text encoder's width %d.",
                     config["cross_attention_dim"], cross_attention_dim)
-    config.update(cross_attention_dim=cross_attention_dim, sample_size=sample_size)
+    config.update(cross_attention_dim=cross_attention_dim, sample_size=sample_size, **overrides)
+    _check_groups(config)
     return UNet2DConditionModel.from_config(config)
 
 
@@ -85,9 +96,10 @@ def _unet_from_pretrained(path: Path, *, cross_attention_dim: int, sample_size: 
 
 def build_unet(*, preset: str | None = None, config_path: str | Path | None = None,
                pretrained: str | Path | None = None, cross_attention_dim: int, sample_size: int,
-               in_channels: int = 4) -> UNet2DConditionModel:
+               in_channels: int = 4, norm_num_groups: int | None = None) -> UNet2DConditionModel:
     """A `UNet2DConditionModel` from exactly one of `preset`, `config_path` (a U-Net config JSON) or
-    `pretrained` (a `unet/` folder or a pipeline folder containing one).
+    `pretrained` (a `unet/` folder or a pipeline folder containing one). `norm_num_groups` replaces the
+    preset's or config's GroupNorm groups; it must divide every block's channels.
 
     Input `(B, in_channels, sample_size, sample_size)` latents, `(B,)` timesteps and
     `(B, L, cross_attention_dim)` prompt_embeds; output `.sample` like the latents. `cross_attention_dim` must
@@ -100,11 +112,15 @@ def build_unet(*, preset: str | None = None, config_path: str | Path | None = No
     if sample_size < 1 or cross_attention_dim < 1:
         raise ValueError(f"sample_size and cross_attention_dim must be positive, got {sample_size} and "
                          f"{cross_attention_dim}.")
+    overrides = {} if norm_num_groups is None else {"norm_num_groups": norm_num_groups}
+    if overrides and pretrained is not None:
+        raise ValueError("norm_num_groups cannot change a pretrained U-Net (its weights were trained with its "
+                         "own normalisation).")
     if preset is not None:
         return _unet_from_preset(preset, cross_attention_dim=cross_attention_dim, sample_size=sample_size,
-                                 in_channels=in_channels)
+                                 in_channels=in_channels, overrides=overrides)
     if config_path is not None:
         return _unet_from_config(Path(config_path), cross_attention_dim=cross_attention_dim,
-                                 sample_size=sample_size)
+                                 sample_size=sample_size, overrides=overrides)
     return _unet_from_pretrained(Path(pretrained), cross_attention_dim=cross_attention_dim,
                                  sample_size=sample_size)

@@ -81,6 +81,9 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     assert flag(commands["stage1"], "--max-steps") == str(expected["vae_steps"])
     assert flag(commands["stage2"], "--max-steps") == str(expected["ldm_steps"])
     assert flag(commands["eval"], "--seeds-per-prompt") == str(expected["eval_seeds"])
-    given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9"])
+    assert flag(commands["stage2"], "--norm-num-groups") == str(expected["unet_norm_groups"])
+    given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9",
+                                                       "--unet-norm-groups", "4"])
     commands = {name: argv for name, _, argv in quickstart._stage_commands(given, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == "7" and flag(commands["stage2"], "--max-steps") == "9"
+    assert flag(commands["stage2"], "--norm-num-groups") == "4"

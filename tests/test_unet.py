@@ -85,3 +85,17 @@ def test_bad_sources_are_one_line_errors(tmp_path):
         build_unet(pretrained=tmp_path, cross_attention_dim=32, sample_size=8)
     with pytest.raises(FileNotFoundError):
         build_unet(config_path=tmp_path / "none.json", cross_attention_dim=32, sample_size=8)
+
+
+def test_norm_num_groups_overrides_preset_and_config(tmp_path):
+    unet = build_unet(preset="cpu-tiny", cross_attention_dim=32, sample_size=8, norm_num_groups=32)
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 32 for m in norms) and unet.config.norm_num_groups == 32
+    tiny_unet().save_config(str(tmp_path))
+    from_file = build_unet(config_path=tmp_path / "config.json", cross_attention_dim=32, sample_size=8,
+                           norm_num_groups=2)
+    assert all(m.num_groups == 2 for m in from_file.modules() if isinstance(m, torch.nn.GroupNorm))
+    with pytest.raises(ValueError, match="divide every block's channels"):
+        build_unet(preset="cpu-tiny", cross_attention_dim=32, sample_size=8, norm_num_groups=3)
+    with pytest.raises(ValueError, match="pretrained"):
+        build_unet(pretrained=tmp_path, cross_attention_dim=32, sample_size=8, norm_num_groups=2)
