@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from ldm.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, ShapeObject, render_scene
+from ldm.data.transforms import to_tensor
 
 
 def analogy_ratio(encode, background: str, resolution: int) -> float:
@@ -47,18 +48,15 @@ def main() -> None:
     args = parser.parse_args()
     vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).eval()
 
-    def pixels(image) -> torch.Tensor:
-        return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
-
     @torch.no_grad()
     def latent(image) -> torch.Tensor:
-        return vae.encode(pixels(image)[None]).latent_dist.mean[0] * vae.config.scaling_factor
+        return vae.encode(to_tensor(image)[None]).latent_dist.mean[0] * vae.config.scaling_factor
 
     print("| background | latent analogy ratio | pixel analogy ratio |")
     print("|---|---|---|")
     for background in BACKGROUNDS:
         print(f"| {background} | {analogy_ratio(latent, background, args.resolution):.2f} | "
-              f"{analogy_ratio(pixels, background, args.resolution):.2f} |")
+              f"{analogy_ratio(to_tensor, background, args.resolution):.2f} |")
 
 
 if __name__ == "__main__":

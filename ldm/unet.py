@@ -1,6 +1,7 @@
 """The denoising U-Net: a diffusers `UNet2DConditionModel` by preset, from a config JSON, or pretrained."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -36,9 +37,11 @@ UNET_PRESETS: dict[str, dict] = {
 
 
 def _check_groups(config: dict) -> None:
-    """GroupNorm needs its groups to divide every block's channels; say so in one line, not in diffusers'."""
-    groups = config.get("norm_num_groups", 32)
-    channels = list(config.get("block_out_channels", (320, 640, 1280, 1280)))
+    """GroupNorm needs its groups to divide every block's channels; say so in one line, not in diffusers'.
+    Keys the config leaves out take `UNet2DConditionModel`'s own defaults."""
+    defaults = inspect.signature(UNet2DConditionModel.__init__).parameters
+    groups = config.get("norm_num_groups", defaults["norm_num_groups"].default)
+    channels = list(config.get("block_out_channels", defaults["block_out_channels"].default))
     if groups < 1 or any(c % groups for c in channels):
         raise ValueError(f"norm_num_groups {groups} must divide every block's channels {channels}.")
 
