@@ -56,9 +56,9 @@ def run(argv: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def stage1(work: Path, steps: int) -> dict[str, dict]:
+def stage1(work: Path, steps: int, precisions: list[str]) -> dict[str, dict]:
     rows = {}
-    for precision in ("no", "fp16", "bf16") if DEVICE == "cuda" else ("no", "bf16"):
+    for precision in precisions if DEVICE == "cuda" else ("no", "bf16"):
         out = work / f"vae_{precision}"
         seconds = run(["train_vae", "--data", DATA, "--output-dir", str(out), "--preset", "cpu-f4",
                        "--max-steps", str(steps), "--batch-size", "16", *quickstart.STAGE1_RECIPE,
@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/cuda_check", help="folder for the runs and logs")
     parser.add_argument("--vae-steps", type=int, default=600, help="stage-1 steps per precision")
     parser.add_argument("--ldm-steps", type=int, default=600, help="stage-2 steps per run")
+    parser.add_argument("--vae-precisions", default="no,fp16,bf16",
+                        help="stage-1 mixed precisions to run (comma-separated; 'no' is needed: stage 2 uses it)")
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt when sampling")
     parser.add_argument("--w", type=float, default=2.0, help="guidance weight for sampling")
     parser.add_argument("--smoke", action="store_true", help="allow a CPU run (to check this script, not CUDA)")
@@ -188,7 +190,10 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     print(device_name, versions, flush=True)
     report = {"device": device_name, "versions": versions}
-    report["stage1"] = stage1(work, args.vae_steps)
+    precisions = args.vae_precisions.split(",")
+    if "no" not in precisions or not set(precisions) <= {"no", "fp16", "bf16"}:
+        raise SystemExit("error: --vae-precisions takes 'no' plus any of fp16, bf16, e.g. 'no,bf16'.")
+    report["stage1"] = stage1(work, args.vae_steps, precisions)
     report["stage2"] = stage2(work, work / "vae_no" / "vae", args.ldm_steps, with_xformers=with_xformers)
     report["sampling"] = sampling(Path(report["stage2"]["no_sdpa"]["folder"]), seeds=args.seeds, steps=20,
                                   w=args.w, with_xformers=with_xformers)

@@ -1,6 +1,8 @@
 """pipelines/evaluate.py (`ldm-eval`) end to end on a tiny random pipeline folder."""
+import itertools
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -130,6 +132,26 @@ def test_prompt_set_splits():
         pairs = {(o.colour, o.shape) for o in p.scene.objects}
         assert bool(pairs & shapes.HELD_OUT) == (p.split == "held_out")
         assert p.prompt == shapes.canonical_prompt(p.scene)
+
+
+@pytest.mark.parametrize("per_split", [12, 24])
+def test_prompt_set_is_stratified_over_pairs_and_backgrounds(per_split):
+    """Held-out prompts cover every (held-out pair, background) cell equally; seen ones spread over the
+    backgrounds equally and use a distinct seen pair per prompt until the pairs run out."""
+    prompts = evaluate.build_prompt_set(prompts_per_split=per_split, max_objects=1, seed=3)
+    held_out = [p.scene for p in prompts if p.split == "held_out"]
+    seen = [p.scene for p in prompts if p.split == "seen"]
+    assert len(held_out) == len(seen) == per_split and len({p.prompt for p in prompts}) == 2 * per_split
+    cells = Counter(((s.objects[0].colour, s.objects[0].shape), s.background) for s in held_out)
+    assert set(cells) == set(itertools.product(shapes.HELD_OUT, shapes.BACKGROUNDS))
+    assert set(cells.values()) == {per_split // 12}
+    assert Counter(s.background for s in seen) == {b: per_split // 3 for b in shapes.BACKGROUNDS}
+    seen_pairs = [(s.objects[0].colour, s.objects[0].shape) for s in seen]
+    assert len(set(seen_pairs)) == min(per_split, len(shapes.SEEN_PAIRS))
+    assert set(seen_pairs) <= set(shapes.SEEN_PAIRS)
+    # a pure function of the seed; another seed draws other scenes
+    assert evaluate.build_prompt_set(prompts_per_split=per_split, max_objects=1, seed=3) == prompts
+    assert evaluate.build_prompt_set(prompts_per_split=per_split, max_objects=1, seed=4) != prompts
 
 
 def test_simple_prompts_state_no_background_so_get_no_background_breakdown(evaluated, tmp_path):

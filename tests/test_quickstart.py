@@ -81,6 +81,7 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     assert flag(commands["stage1"], "--max-steps") == str(expected["vae_steps"])
     assert flag(commands["stage2"], "--max-steps") == str(expected["ldm_steps"])
     assert flag(commands["eval"], "--seeds-per-prompt") == str(expected["eval_seeds"])
+    assert flag(commands["eval"], "--prompts-per-split") == str(expected["eval_prompts"])
     assert flag(commands["stage2"], "--norm-num-groups") == str(expected["unet_norm_groups"])
     given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9",
                                                        "--unet-norm-groups", "4"])
