@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -123,6 +124,9 @@ def train(config: TrainVAEConfig) -> None:
     schedulers = [make_lr_scheduler(opt, name=config.lr_schedule, warmup_steps=config.warmup_steps,
                                     max_steps=config.max_steps, accelerator=accelerator)
                   for opt in (vae_opt, disc_opt)]
+    # Both schedules follow the global step; the discriminator's optimizer is not stepped before disc_start
+    # (step_optimizers), which PyTorch warns about at the first step although it is what we mean.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
     accelerator.register_for_checkpointing(vae, discriminator)
     ema = make_ema(vae, accelerator=accelerator, decay=config.ema_decay) if config.ema else None
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.data import open_dataset, parse_source
+from ldm.data import open_dataset, parse_source, shapes
 from ldm.data.shapes import SPLITS, canonical_prompt, render_scene
 from ldm.data.transforms import to_tensor
 
@@ -15,7 +15,7 @@ def test_parse_source():
     assert parse_source("shapes") == ("shapes", {})
     assert parse_source("shapes:objects=1,size=6000") == ("shapes", {"objects": 1, "size": 6000})
     assert parse_source("/data/my:folder") == ("/data/my:folder", {})
-    with pytest.raises(ValueError, match="allowed: objects=N"):
+    with pytest.raises(ValueError, match="allowed: allpairs=N, objects=N"):
         parse_source("shapes:colour=red")
 
 
@@ -64,6 +64,23 @@ def test_shapes_simple_option():
         open_dataset("shapes:simple=2", resolution=32)
     with pytest.raises(ValueError, match="objects=3 does not apply"):
         open_dataset("shapes:simple=1,objects=3", resolution=32)
+
+
+def test_shapes_allpairs_option_reaches_the_scenes():
+    """allpairs=1 renders and captions held-out pairs in the train split; 0 is the default; 2 is refused."""
+    dataset = open_dataset("shapes:objects=1,allpairs=1,size=300", resolution=32)
+    scenes = [dataset.scene(i) for i in range(len(dataset))]
+    held = [i for i, s in enumerate(scenes) if (s.objects[0].colour, s.objects[0].shape) in shapes.HELD_OUT]
+    assert held, "300 draws over 24 pairs include the 4 held-out ones"
+    for i in held[:5]:
+        assert torch.equal(dataset[i]["pixel_values"], to_tensor(render_scene(scenes[i], 32)))
+        obj = scenes[i].objects[0]
+        assert f"{obj.colour} {obj.shape}" in dataset[i]["caption"]
+    default = open_dataset("shapes:objects=1,allpairs=0,size=300", resolution=32)
+    assert not any((default.scene(i).objects[0].colour, default.scene(i).objects[0].shape) in shapes.HELD_OUT
+                   for i in range(300))
+    with pytest.raises(ValueError, match="allpairs must be 0 or 1"):
+        open_dataset("shapes:allpairs=2", resolution=32)
 
 
 def test_shapes_random_flip_keeps_captions_true():

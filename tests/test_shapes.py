@@ -210,3 +210,20 @@ def test_simple_variant_is_one_large_centred_object_named_by_colour_and_shape(sp
 def test_simple_variant_rejects_several_objects():
     with pytest.raises(ValueError, match="simple=1 draws one object"):
         scene_for_index(0, max_objects=2, simple=True)
+
+
+@pytest.mark.parametrize("max_objects", [1, 3])
+def test_all_pairs_adds_the_held_out_pairs_to_train_and_test_only(max_objects):
+    """allpairs=1 (for a captionless stage-1 VAE): train and test draw every colour-shape pair, held-out
+    ones included; the heldout split is the same scenes either way."""
+    for split in ("train", "test"):
+        scenes = [shapes.sample_scene(np.random.default_rng([0, shapes.SPLITS[split], i]), split=split,
+                                      max_objects=max_objects, all_pairs=True) for i in range(600)]
+        pairs = {(o.colour, o.shape) for s in scenes for o in s.objects}
+        assert pairs == set(itertools.product(shapes.COLOURS, shapes.SHAPES))
+    default = [scene_for_index(i, split="train", max_objects=max_objects) for i in range(600)]
+    assert not {(o.colour, o.shape) for s in default for o in s.objects} & HELD_OUT
+    for i in range(100):
+        rng_a, rng_b = (np.random.default_rng([0, shapes.SPLITS["heldout"], i]) for _ in range(2))
+        assert shapes.sample_scene(rng_a, split="heldout", max_objects=max_objects, all_pairs=True) == \
+            shapes.sample_scene(rng_b, split="heldout", max_objects=max_objects)

@@ -16,6 +16,12 @@ Splits, deterministic by (seed, split, index) through `numpy.random.default_rng(
 - "train": never contains a `HELD_OUT` colour–shape pair;
 - "test": the same distribution as train (seen pairs only), drawn from a disjoint random stream;
 - "heldout": every scene contains at least one `HELD_OUT` pair (measures compositional generalisation).
+
+`all_pairs` (`shapes:allpairs=1`) draws train and test objects from every colour–shape pair, the held-out
+ones included. It is for a stage-1 VAE, which sees no captions: an autoencoder is a generic image codec
+(Stable Diffusion's was trained on images far beyond its captioned data), and one trained without the held-out
+pairs cannot reconstruct them (README Results), which would cap stage 2 before it has composed anything.
+Stage 2 must never use it: its held-out figures mean the text-conditioned model has not seen those pairs.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ POSITION_PHRASES = {
 SEEN_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT
 )
+ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
 
 
 @dataclass(frozen=True)
@@ -160,11 +167,11 @@ def render_scene(scene: Scene, resolution: int) -> Image.Image:
     return image.reduce(SUPERSAMPLE)  # box-filter average of each SUPERSAMPLE x SUPERSAMPLE block
 
 
-def _pair(rng: np.random.Generator, split: str) -> tuple[str, str]:
+def _pair(rng: np.random.Generator, split: str, all_pairs: bool = False) -> tuple[str, str]:
     if split == "heldout":
         pairs = sorted(HELD_OUT)
     else:
-        pairs = SEEN_PAIRS
+        pairs = ALL_PAIRS if all_pairs else SEEN_PAIRS
     return pairs[rng.integers(len(pairs))]
 
 
@@ -187,33 +194,33 @@ def check_variant(*, max_objects: int, simple: bool) -> None:
 
 def sample_scene(
     rng: np.random.Generator, *, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False,
+    simple: bool = False, all_pairs: bool = False,
 ) -> Scene:
     """Draw one scene for `split` with 1..max_objects objects (max_objects in 1..3).
 
     Multi-object scenes are either repeats ("two blue squares": same colour, shape and size) or distinct
     colour–shape pairs at distinct positions; in "heldout" the first object is a held-out pair and the
-    others are seen pairs, in "train"/"test" all are seen pairs. `simple` (max_objects must be 1): one large
-    object in the centre.
+    others are seen pairs, in "train"/"test" all are seen pairs (any pair with `all_pairs`). `simple`
+    (max_objects must be 1): one large object in the centre.
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(SPLITS)}.")
     check_variant(max_objects=max_objects, simple=simple)
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     if simple:
-        colour, shape = _pair(rng, split)
+        colour, shape = _pair(rng, split, all_pairs)
         return Scene(objects=(ShapeObject(shape, colour, "large", "centre"),), background=background, simple=True)
     n = int(rng.integers(1, max_objects + 1))
     # Three large objects never fit without overlap, so three objects are always small.
     size = "small" if n == 3 else list(SIZES)[rng.integers(len(SIZES))]
     positions = _positions(rng, n, size)
-    colour, shape = _pair(rng, split)
+    colour, shape = _pair(rng, split, all_pairs)
     if n == 1 or rng.random() < 0.5:
         objects = [ShapeObject(shape, colour, size, p) for p in positions]
     else:
         pairs = [(colour, shape)]
         while len(pairs) < n:
-            pair = _pair(rng, "train")
+            pair = _pair(rng, "train", all_pairs and split != "heldout")
             if pair not in pairs:
                 pairs.append(pair)
         objects = [ShapeObject(s, c, size, p) for (c, s), p in zip(pairs, positions)]
