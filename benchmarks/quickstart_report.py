@@ -40,21 +40,22 @@ def report(folder: Path) -> str:
                      f"{_colour_and_shape(evaluation['samples'], entry['w'], 'held_out')} | "
                      f"{entry['diversity']['all']:.3f} |")
     by_background = [entry for entry in evaluation["sweep"] if entry.get("adherence_by_background")]
-    if by_background:
-        backgrounds = sorted({b for e in by_background for split in e["adherence_by_background"].values()
-                              for b in split})
+    backgrounds = sorted({b for e in by_background for split in e["adherence_by_background"].values()
+                          for b in split})  # none for simple prompts, which state no background
+    if backgrounds:
         lines += ["", "| w | " + " | ".join(f"seen, {b} | held-out, {b}" for b in backgrounds) + " |",
                   "|---" * (1 + 2 * len(backgrounds)) + "|"]
         for entry in by_background:
             cells = [_pct(entry["adherence_by_background"][split].get(b, {}))
                      for b in backgrounds for split in ("seen", "held_out")]
             lines.append(f"| {entry['w']:g} | " + " | ".join(cells) + " |")
-    readback = evaluation.get("vae", {}).get("readback")
-    if readback:
-        per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items()
-                        if v["rate"] is not None)  # the simple variant states no size, position or background
-        lines += ["", f"Reader on the VAE's reconstructions ({readback['adherence']['total']} test scenes): all "
-                      f"attributes right {100 * readback['adherence']['rate']:.0f}% ({per})."]
+    for key, scenes in (("readback", "test"), ("readback_held_out", "held-out")):
+        readback = evaluation.get("vae", {}).get(key)
+        if readback:
+            per = ", ".join(f"{name} {100 * v['rate']:.0f}%" for name, v in readback["attributes"].items()
+                            if v["rate"] is not None)  # the simple variant states no size, position or background
+            lines += ["", f"Reader on the VAE's reconstructions ({readback['adherence']['total']} {scenes} scenes): "
+                          f"all attributes right {100 * readback['adherence']['rate']:.0f}% ({per})."]
     lines += ["", f"best: {json.dumps(evaluation['best'])}"]
     return "\n".join(lines)
 

@@ -220,12 +220,8 @@ def run_sweep(pipe, prompts: list[EvalPrompt], config: EvalConfig,
 
 
 @torch.no_grad()
-def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
-    """PSNR (dB) and SSIM of VAE reconstructions (posterior mean, decoded) on up to `samples` held-out
-    images."""
-    split = "test" if parse_source(data)[0] in ("shapes", "emoji") else "train"  # folders have no test split
-    dataset = open_dataset(data, resolution=resolution, split=split, size=samples)
-    count = min(samples, len(dataset))
+def _reconstruct(vae, dataset, count: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """PSNR and SSIM per image, and the reconstructions (posterior mean, decoded) of `dataset`'s first `count`."""
     psnrs, ssims, images = [], [], []
     for start in range(0, count, VAE_BATCH):
         indices = range(start, min(start + VAE_BATCH, count))
@@ -235,12 +231,26 @@ def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
         psnrs.append(psnr(pixel_values, reconstructions).float().cpu())
         ssims.append(ssim(pixel_values, reconstructions).float().cpu())
         images += [to_pil(x) for x in reconstructions.float()]
-    psnr_values, ssim_values = torch.cat(psnrs), torch.cat(ssims)
+    return torch.cat(psnrs), torch.cat(ssims), images
+
+
+def evaluate_vae(vae, *, data: str, samples: int, resolution: int) -> dict:
+    """PSNR (dB) and SSIM of VAE reconstructions (posterior mean, decoded) on up to `samples` held-out
+    images. On shapes data also how readable the reconstructions are (`readback`), and the same on scenes of
+    the held-out colour-shape pairs (`readback_held_out`): a VAE that cannot reconstruct a pair caps what
+    stage 2 can draw of it."""
+    split = "test" if parse_source(data)[0] in ("shapes", "emoji") else "train"  # folders have no test split
+    dataset = open_dataset(data, resolution=resolution, split=split, size=samples)
+    count = min(samples, len(dataset))
+    psnr_values, ssim_values, images = _reconstruct(vae, dataset, count)
     finite = psnr_values[torch.isfinite(psnr_values)]  # a perfect reconstruction has infinite PSNR
     result = {"data": data, "split": split, "images": count,
               "psnr": float(finite.mean()) if len(finite) else None, "ssim": float(ssim_values.mean())}
     if isinstance(dataset, ShapesDataset):  # ground truth known: how readable are the reconstructions?
         result["readback"] = metrics.readback(images, [dataset.scene(i) for i in range(count)])
+        held_out = open_dataset(data, resolution=resolution, split="heldout", size=samples)
+        result["readback_held_out"] = metrics.readback(_reconstruct(vae, held_out, count)[2],
+                                                       [held_out.scene(i) for i in range(count)])
     return result
 
 

@@ -122,6 +122,13 @@ def test_vae_figures_match_an_independent_psnr(evaluated):
     # the readback of those same reconstructions, scored independently
     expected = metrics.readback([to_pil(x) for x in recon], [data.scene(i) for i in range(VAE_SAMPLES)])
     assert report["vae"]["readback"] == expected
+    # and of the held-out pairs' scenes, which the VAE must also reconstruct for stage 2 to draw them
+    held_out = open_dataset("shapes", resolution=32, split="heldout", size=VAE_SAMPLES)
+    pixel_values = torch.stack([held_out[i]["pixel_values"] for i in range(VAE_SAMPLES)])
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(pixel_values).latent_dist.mode()).sample
+    expected = metrics.readback([to_pil(x) for x in recon], [held_out.scene(i) for i in range(VAE_SAMPLES)])
+    assert report["vae"]["readback_held_out"] == expected
 
 
 def test_prompt_set_splits():

@@ -45,8 +45,8 @@ def test_bad_option_is_one_line_error(capsys):
 def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), objects=2)
     commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
-    for name in ("stage1", "stage2"):
-        assert commands[name][commands[name].index("--data") + 1] == "shapes:objects=2"
+    assert commands["stage1"][commands["stage1"].index("--data") + 1] == "shapes:objects=2,allpairs=1"
+    assert commands["stage2"][commands["stage2"].index("--data") + 1] == "shapes:objects=2"
     assert commands["eval"][commands["eval"].index("--objects") + 1] == "2"
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
     assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
@@ -60,8 +60,8 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
 def test_simple_variant_reaches_every_stage(tmp_path, capsys):
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), simple=True)
     commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
-    for name in ("stage1", "stage2"):
-        assert commands[name][commands[name].index("--data") + 1] == "shapes:objects=1,simple=1"
+    assert commands["stage1"][commands["stage1"].index("--data") + 1] == "shapes:objects=1,simple=1,allpairs=1"
+    assert commands["stage2"][commands["stage2"].index("--data") + 1] == "shapes:objects=1,simple=1"
     assert "--simple" in commands["eval"]
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=1,simple=1"
     assert "--simple" not in quickstart._stage_commands(quickstart.QuickstartConfig(), tmp_path)[2][2]
@@ -80,9 +80,16 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == str(expected["vae_steps"])
     assert flag(commands["stage2"], "--max-steps") == str(expected["ldm_steps"])
+    assert flag(commands["stage2"], "--data-size") == str(expected["ldm_data_size"])
     assert flag(commands["eval"], "--seeds-per-prompt") == str(expected["eval_seeds"])
     assert flag(commands["eval"], "--prompts-per-split") == str(expected["eval_prompts"])
     assert flag(commands["stage2"], "--norm-num-groups") == str(expected["unet_norm_groups"])
+    # stage 1 may see the held-out pairs (it has no captions); stage 2 and its evaluation never do
+    assert flag(commands["stage1"], "--data").endswith(",allpairs=1")
+    assert "allpairs" not in flag(commands["stage2"], "--data") + flag(commands["eval"], "--vae-data")
+    seen_only = quickstart._stage_commands(
+        parse_config(quickstart.QuickstartConfig, [*extra, "--vae-pairs", "seen"]), tmp_path)
+    assert flag(seen_only[0][2], "--data") == flag(commands["stage2"], "--data")
     given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9",
                                                        "--unet-norm-groups", "4"])
     commands = {name: argv for name, _, argv in quickstart._stage_commands(given, tmp_path)}
