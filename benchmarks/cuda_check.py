@@ -176,6 +176,9 @@ def main() -> None:
     parser.add_argument("--w", type=float, default=2.0, help="guidance weight for sampling")
     parser.add_argument("--smoke", action="store_true", help="allow a CPU run (to check this script, not CUDA)")
     args = parser.parse_args()
+    precisions = args.vae_precisions.split(",")
+    if "no" not in precisions or not set(precisions) <= {"no", "fp16", "bf16"}:
+        raise SystemExit("error: --vae-precisions takes 'no' plus any of fp16, bf16, e.g. 'no,bf16'.")
     global DEVICE
     if not torch.cuda.is_available():
         if not args.smoke:
@@ -190,9 +193,6 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     print(device_name, versions, flush=True)
     report = {"device": device_name, "versions": versions}
-    precisions = args.vae_precisions.split(",")
-    if "no" not in precisions or not set(precisions) <= {"no", "fp16", "bf16"}:
-        raise SystemExit("error: --vae-precisions takes 'no' plus any of fp16, bf16, e.g. 'no,bf16'.")
     report["stage1"] = stage1(work, args.vae_steps, precisions)
     report["stage2"] = stage2(work, work / "vae_no" / "vae", args.ldm_steps, with_xformers=with_xformers)
     report["sampling"] = sampling(Path(report["stage2"]["no_sdpa"]["folder"]), seeds=args.seeds, steps=20,

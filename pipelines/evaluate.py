@@ -129,7 +129,7 @@ def prompt_cells(split: str, *, seed: int, simple: bool = False) -> list[tuple[t
 
 def _cell(scene: shapes.Scene) -> tuple[tuple[str, str], str | None]:
     first = scene.objects[0]
-    return (first.colour, first.shape), (None if scene.simple else scene.background)
+    return (first.colour, first.shape), metrics.prompt_statement(scene).background
 
 
 def build_prompt_set(*, prompts_per_split: int, max_objects: int, seed: int,

@@ -229,11 +229,12 @@ def sample_scene(
 
 def scene_for_index(
     index: int, *, seed: int = 0, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False,
+    simple: bool = False, all_pairs: bool = False,
 ) -> Scene:
-    """The scene at `index` of a split: a pure function of (seed, split, index, max_objects, simple)."""
+    """The scene at `index` of a split: a pure function of (seed, split, index, max_objects, simple,
+    all_pairs)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return sample_scene(rng, split=split, max_objects=max_objects, simple=simple)
+    return sample_scene(rng, split=split, max_objects=max_objects, simple=simple, all_pairs=all_pairs)
 
 
 def _plural(shape: str) -> str:
