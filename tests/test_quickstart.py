@@ -42,9 +42,9 @@ def test_bad_option_is_one_line_error(capsys):
     assert err.startswith("error: --objects") and "\n" not in err
 
 
-def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
+def teststage_commands_share_one_data_spec_and_object_count(tmp_path):
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), objects=2)
-    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path)}
     assert commands["stage1"][commands["stage1"].index("--data") + 1] == "shapes:objects=2,allpairs=1"
     assert commands["stage2"][commands["stage2"].index("--data") + 1] == "shapes:objects=2"
     assert commands["eval"][commands["eval"].index("--objects") + 1] == "2"
@@ -53,18 +53,18 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     assert commands["stage2"][commands["stage2"].index("--preset") + 1] == cfg.unet_preset == "cpu-tiny"
     # several objects need a text encoder with layers to bind attributes to objects; one object does not
     assert commands["stage2"][commands["stage2"].index("--text-preset") + 1] == "tiny"
-    single = quickstart._stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path)), tmp_path)[1][2]
+    single = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path)), tmp_path)[1][2]
     assert single[single.index("--text-preset") + 1] == "embeddings"
 
 
 def test_simple_variant_reaches_every_stage(tmp_path, capsys):
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), simple=True)
-    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path)}
     assert commands["stage1"][commands["stage1"].index("--data") + 1] == "shapes:objects=1,simple=1,allpairs=1"
     assert commands["stage2"][commands["stage2"].index("--data") + 1] == "shapes:objects=1,simple=1"
     assert "--simple" in commands["eval"]
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=1,simple=1"
-    assert "--simple" not in quickstart._stage_commands(quickstart.QuickstartConfig(), tmp_path)[2][2]
+    assert "--simple" not in quickstart.stage_commands(quickstart.QuickstartConfig(), tmp_path)[2][2]
     assert quickstart.main(["--simple", "--objects", "2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --simple") and "\n" not in err
@@ -77,7 +77,7 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
 
     expected = quickstart.VARIANT_DEFAULTS[variant]
     cfg = parse_config(quickstart.QuickstartConfig, ["--output-dir", str(tmp_path), *extra])
-    commands = {name: argv for name, _, argv in quickstart._stage_commands(cfg, tmp_path)}
+    commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == str(expected["vae_steps"])
     assert flag(commands["stage2"], "--max-steps") == str(expected["ldm_steps"])
     assert flag(commands["stage2"], "--data-size") == str(expected["ldm_data_size"])
@@ -87,11 +87,11 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     # stage 1 may see the held-out pairs (it has no captions); stage 2 and its evaluation never do
     assert flag(commands["stage1"], "--data").endswith(",allpairs=1")
     assert "allpairs" not in flag(commands["stage2"], "--data") + flag(commands["eval"], "--vae-data")
-    seen_only = quickstart._stage_commands(
+    seen_only = quickstart.stage_commands(
         parse_config(quickstart.QuickstartConfig, [*extra, "--vae-pairs", "seen"]), tmp_path)
     assert flag(seen_only[0][2], "--data") == flag(commands["stage2"], "--data")
     given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9",
                                                        "--unet-norm-groups", "4"])
-    commands = {name: argv for name, _, argv in quickstart._stage_commands(given, tmp_path)}
+    commands = {name: argv for name, _, argv in quickstart.stage_commands(given, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == "7" and flag(commands["stage2"], "--max-steps") == "9"
     assert flag(commands["stage2"], "--norm-num-groups") == "4"
