@@ -93,12 +93,14 @@ STAGE1_RECIPE = ["--rec-loss", "l2", "--lr", "2e-3", "--checkpoint-every", "500"
 
 # Stage 2 on 2 CPU cores is limited by its step count, so the recipe buys sample efficiency: v-prediction was
 # worth about 2x over epsilon in the baseline notes, min-SNR-5 weighting (arXiv:2303.09556), a learning rate
-# that a 4 M-parameter U-Net tolerates, and EMA weights for sampling. The SNR floor of 0.1 keeps some weight on
-# the high-noise steps, where an object's position is decided: without it, position was learnt on some seeds
-# and not on others (held-out adherence 97 / 86 / 95 / 64% over four seeds on a GPU, 97 / 69 / 97% over three on
-# 2 cores); with it, 92-99% over eight seeds (README Results).
-STAGE2_RECIPE = ["--prediction-type", "v_prediction", "--min-snr-gamma", "5", "--snr-floor", "0.1", "--lr", "1e-3",
-                 "--warmup-steps", "100", "--ema", "--ema-decay", "0.999", "--checkpoint-every", "250"]
+# that a 4 M-parameter U-Net tolerates, and EMA weights for sampling.
+STAGE2_RECIPE = ["--prediction-type", "v_prediction", "--min-snr-gamma", "5", "--lr", "1e-3", "--warmup-steps", "100",
+                 "--ema", "--ema-decay", "0.999", "--checkpoint-every", "250"]
+# Full data only: an SNR floor of 0.1 keeps some weight on the high-noise steps, where an object's position is
+# decided. Without it, position was learnt on some seeds and not on others (held-out adherence 97 / 86 / 95 / 64%
+# over four seeds on a GPU, 97 / 69 / 97% over three on 2 cores); with it, 92-99% over eight seeds and 93-97%
+# over three (README Results). The simple variant states no position and was measured without it.
+FULL_DATA_RECIPE = ["--snr-floor", "0.1"]
 
 
 def text_preset(objects: int) -> str:
@@ -124,7 +126,8 @@ def stage_commands(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path, li
                             "--max-steps", str(cfg.ldm_steps), "--batch-size", str(cfg.ldm_batch_size),
                             "--data-size", str(cfg.ldm_data_size),
                             "--norm-num-groups", str(cfg.unet_norm_groups),
-                            "--text-preset", text_preset(cfg.objects), *STAGE2_RECIPE, *common]),
+                            "--text-preset", text_preset(cfg.objects), *STAGE2_RECIPE,
+                            *([] if cfg.simple else FULL_DATA_RECIPE), *common]),
         ("eval", evaluation, ["-m", "pipelines.evaluate", "--model", str(stage2), "--out", str(evaluation),
                               "--weights", cfg.eval_weights, "--seeds-per-prompt", str(cfg.eval_seeds),
                               "--prompts-per-split", str(cfg.eval_prompts),

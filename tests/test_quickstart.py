@@ -7,6 +7,7 @@ import pytest
 from diffusers import StableDiffusionPipeline
 
 import quickstart
+import train_ldm
 from ldm.training.config import parse_config
 
 TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
@@ -42,7 +43,7 @@ def test_bad_option_is_one_line_error(capsys):
     assert err.startswith("error: --objects") and "\n" not in err
 
 
-def teststage_commands_share_one_data_spec_and_object_count(tmp_path):
+def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path), objects=2)
     commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path)}
     assert commands["stage1"][commands["stage1"].index("--data") + 1] == "shapes:objects=2,allpairs=1"
@@ -95,3 +96,14 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     commands = {name: argv for name, _, argv in quickstart.stage_commands(given, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == "7" and flag(commands["stage2"], "--max-steps") == "9"
     assert flag(commands["stage2"], "--norm-num-groups") == "4"
+
+
+def test_snr_floor_only_in_the_full_data_stage2(tmp_path):
+    def stage2_config(**kwargs):
+        argv = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path), **kwargs),
+                                         tmp_path)[1][2]
+        return parse_config(train_ldm.TrainConfig, argv[2:])  # drop "-m train_ldm"
+
+    full, simple = stage2_config(), stage2_config(simple=True)
+    assert (full.snr_floor, simple.snr_floor) == (0.1, None)
+    assert full.min_snr_gamma == simple.min_snr_gamma == 5
