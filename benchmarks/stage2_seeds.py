@@ -42,18 +42,19 @@ def apply_changes(argv: list[str], changes: list[str]) -> list[str]:
 
     result = pairs(argv)
     for flag, value in pairs(changes):
-        kept = [(f, v) for f, v in result if f != flag]
-        if value != "off" and len(kept) == len(result):
-            kept.append((flag, value))
-        elif value != "off":
-            kept = [(f, value if f == flag else v) for f, v in result]
-        result = kept
+        if value == "off":
+            result = [(f, v) for f, v in result if f != flag]
+        elif any(f == flag for f, _ in result):
+            result = [(f, value if f == flag else v) for f, v in result]
+        else:
+            result.append((flag, value))
     return [token for flag, value in result for token in ((flag,) if value is None else (flag, value))]
 
 
 def seed_summary(report: dict) -> dict:
-    """At the w with the best held-out adherence: held-out and seen adherence and position accuracy."""
-    best = max(report["sweep"], key=lambda entry: entry["adherence"]["held_out"]["rate"])
+    """At the eval's best w (`report["best"]`, the highest held-out adherence): held-out and seen adherence and
+    position accuracy."""
+    best = next(entry for entry in report["sweep"] if entry["w"] == report["best"]["w"])
     accuracy = best["attribute_accuracy"]
     return {"w": best["w"], "held_out": best["adherence"]["held_out"]["rate"],
             "seen": best["adherence"]["seen"]["rate"],
@@ -111,17 +112,20 @@ def main() -> None:
         variants = [v.partition("=") for v in (args.variant or ["quickstart="])]
         if any(not sep or not name for name, sep, _ in variants) or args.parallel < 1:
             raise ValueError("each --variant is NAME=CHANGES and --parallel is at least 1.")
-        jobs = [(name, seed, changes.split()) for name, _, changes in variants for seed in seeds]
-        for name, seed, changes in jobs:
-            run_commands(args.vae, args.work, seed, changes)  # bad changes fail here, before any training
+        for _, _, changes in variants:
+            apply_changes([], changes.split())  # bad changes fail here, before any training
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not (args.vae / "config.json").is_file():
         sys.exit(f"error: {args.vae} is not a VAE folder (no config.json).")
     args.work.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    jobs = [(name, seed, changes.split()) for name, _, changes in variants for seed in seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(lambda job: one_run(args.vae, args.work, *job, threads), jobs))
+        try:
+            rows = list(pool.map(lambda job: one_run(args.vae, args.work, *job, threads), jobs))
+        except RuntimeError as err:  # a run failed: its log says why
+            sys.exit(f"error: {err}")
     print("| variant | seed | best w | held-out | seen | position held-out / seen |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['seed']} | {r['w']:g} | {r['held_out']:.0%} | {r['seen']:.0%} | "

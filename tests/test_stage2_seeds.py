@@ -7,6 +7,7 @@ import pytest
 import quickstart
 import train_ldm
 from ldm.training import parse_config
+from pipelines.evaluate import _best_weight
 
 _SPEC = importlib.util.spec_from_file_location(
     "stage2_seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "stage2_seeds.py")
@@ -57,6 +58,6 @@ def test_seed_summary_reads_the_w_with_the_best_held_out_adherence():
                 "attribute_accuracy": {"held_out": {"position": rate(position)},
                                        "seen": {"position": rate(position / 2)}}}
     sweep = [entry(0.0, 0.5, 0.9, 0.6), entry(2.0, 0.8, 0.7, 0.9), entry(4.0, 0.7, 0.95, 0.8)]
-    summary = stage2_seeds.seed_summary({"sweep": sweep})
+    summary = stage2_seeds.seed_summary({"sweep": sweep, "best": _best_weight(sweep)})
     assert summary == {"w": 2.0, "held_out": 0.8, "seen": 0.7, "position_held_out": 0.9,
                        "position_seen": 0.45}
