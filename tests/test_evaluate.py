@@ -22,6 +22,7 @@ from pipelines.schedulers import make_scheduler
 from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
 WEIGHTS, SEEDS, PROMPTS, STEPS, VAE_SAMPLES = (0.0, 3.0), 2, 2, 2, 4
+BATCH = evaluate.EvalConfig(model="x").batch_size  # the fixture's 8 images of a w run in one call
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +87,21 @@ def test_numbers_agree_with_reading_the_saved_images_again(evaluated):
 
 
 def test_images_are_stock_diffusers_samples_at_guidance_scale_w_plus_1(evaluated):
-    """Same seed, scheduler and steps through stock StableDiffusionPipeline give the saved image."""
+    """Same seed, scheduler and steps through stock StableDiffusionPipeline, one image per call, give each saved
+    image, although the evaluation sampled all prompts and seeds of a w in one batch."""
     model, out, report = evaluated
     stock = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
                                                     requires_safety_checker=False)
     stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
     stock.set_progress_bar_config(disable=True)
-    sample = next(s for s in report["samples"] if s["w"] == WEIGHTS[-1])
-    image = stock(sample["prompt"], num_inference_steps=STEPS, guidance_scale=WEIGHTS[-1] + 1, height=32,
-                  width=32, generator=torch.Generator("cpu").manual_seed(sample["seed"]),
-                  output_type="np").images[0]
-    saved = np.asarray(Image.open(out / sample["file"]), dtype=np.float64) / 255
-    assert np.abs(image - saved).max() <= 1.5 / 255  # 8-bit rounding only
+    at_w = [s for s in report["samples"] if s["w"] == WEIGHTS[-1]]
+    assert len({s["prompt"] for s in at_w}) == 2 * PROMPTS and 2 * PROMPTS * SEEDS <= BATCH
+    for sample in at_w:
+        image = stock(sample["prompt"], num_inference_steps=STEPS, guidance_scale=WEIGHTS[-1] + 1, height=32,
+                      width=32, generator=torch.Generator("cpu").manual_seed(sample["seed"]),
+                      output_type="np").images[0]
+        saved = np.asarray(Image.open(out / sample["file"]), dtype=np.float64) / 255
+        assert np.abs(image - saved).max() <= 1.5 / 255  # 8-bit rounding only
 
 
 def test_seeds_are_paired_across_weights(evaluated):
@@ -186,6 +190,7 @@ def test_simple_prompt_set_names_colour_and_shape_only():
     (["--model", "x", "--weights", "0,a"], "--weights"),
     (["--model", "x", "--weights", "1,1"], "--weights"),
     (["--model", "x", "--seeds-per-prompt", "0"], "--seeds-per-prompt"),
+    (["--model", "x", "--batch-size", "0"], "--batch-size"),
     (["--out", "y"], "--model is required"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):
