@@ -38,7 +38,7 @@ from ldm.training.checkpoint import CheckpointManager
 from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
-from ldm.training.optim import LR_SCHEDULES, make_lr_scheduler
+from ldm.training.optim import LR_SCHEDULES, make_adamw, make_lr_scheduler
 from ldm.training.progress import TrainingProgress
 from ldm.unet import UNET_PRESETS, build_unet
 from pipelines.folder import save_pipeline_folder
@@ -235,7 +235,7 @@ def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, a
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits: ~4x less memory)."""
     if not config.use_8bit_adam:
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return make_adamw(parameters, lr=config.lr, weight_decay=config.weight_decay)
     import bitsandbytes as bnb  # optional dependency; TrainConfig checked that it is installed
 
     return bnb.optim.AdamW8bit(parameters, lr=config.lr, weight_decay=config.weight_decay)

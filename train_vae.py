@@ -28,7 +28,7 @@ from ldm.data.transforms import to_pil
 from ldm.grid import make_grid
 from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler,
                           TrainingProgress, average_gradients, check_finite, ema_weights, make_accelerator,
-                          make_ema, make_lr_scheduler, option, run_command, save_config, sliced_randn,
+                          make_adamw, make_ema, make_lr_scheduler, option, run_command, save_config, sliced_randn,
                           step_generator)
 
 logger = logging.getLogger("train_vae")
@@ -116,8 +116,8 @@ def train(config: TrainVAEConfig) -> None:
     loss_fn = AutoencoderLoss(discriminator=discriminator, lpips=lpips, reconstruction=config.rec_loss,
                               kl_weight=config.kl_weight, disc_weight=config.disc_weight,
                               disc_start=config.disc_start)
-    vae_opt = torch.optim.AdamW(vae.parameters(), lr=config.lr)
-    disc_opt = torch.optim.AdamW(discriminator.parameters(), lr=config.lr)
+    vae_opt = make_adamw(vae.parameters(), lr=config.lr)
+    disc_opt = make_adamw(discriminator.parameters(), lr=config.lr)
     # Optimizers are prepared (mixed-precision scaling); models are not wrapped in DDP because the VAE is
     # called through encode/decode and the discriminator from inside the loss: gradients are averaged by hand.
     vae_opt, disc_opt = accelerator.prepare(vae_opt, disc_opt)

@@ -85,7 +85,7 @@ def cached_step_fn(*, vae, tokenizer, text_encoder, unet, scheduler, dataset, ba
     accelerator = make_accelerator(output_dir=workdir, log_with=None)
     cache = encode_dataset(vae, dataset, batch_size=64)
     embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, cache.captions, trainable=True)
-    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=1e-4)
+    optimizer = train_ldm.make_optimizer(list(unet.parameters()) + list(text_encoder.parameters()), config)
 
     def step(i):
         loss = train_ldm.micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=scheduler,

@@ -7,12 +7,12 @@ from .checkpoint import CheckpointManager
 from .config import build_parser, option, parse_config, run_command, save_config
 from .ema import ema_weights, make_ema
 from .guards import NonFiniteLossError, check_finite
-from .optim import LR_SCHEDULES, make_lr_scheduler
+from .optim import LR_SCHEDULES, make_adamw, make_lr_scheduler
 from .progress import TrainingProgress
 
 __all__ = [
     "CheckpointManager", "LR_SCHEDULES", "NonFiniteLossError", "StepBatchSampler", "TrainingProgress",
     "average_gradients", "build_parser", "check_finite", "ema_weights", "global_batch_indices", "local_slice",
-    "make_accelerator", "make_ema", "make_lr_scheduler", "option", "parse_config", "run_command", "save_config",
+    "make_accelerator", "make_adamw", "make_ema", "make_lr_scheduler", "option", "parse_config", "run_command", "save_config",
     "sliced_randn", "step_generator",
 ]
