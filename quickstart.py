@@ -50,7 +50,7 @@ class QuickstartConfig:
         "help": "distinct training images stage 2 encodes and cycles through (default 20000; 8000 with --simple)"})
     eval_weights: str = field(default="0,1,2,4,8", metadata={"help": "guidance weights w to evaluate"})
     eval_prompts: int | None = field(default=None, metadata={
-        "help": "evaluation prompts per split (default 36; 12 with --simple, which has 4 held-out prompts)"})
+        "help": "evaluation prompts per split (default 48; 12 with --simple, which has 4 held-out prompts)"})
     eval_seeds: int | None = field(default=None, metadata={
         "help": "images per prompt and weight (default 4; 24 with --simple)"})
     eval_steps: int = field(default=20, metadata={"help": "sampler steps during evaluation"})
@@ -81,7 +81,7 @@ class QuickstartConfig:
 # against 88% at the best w, two runs each), so it keeps 32. Both variants train stage 1 on every pair: on the
 # simple data that took held-out adherence from 88% to 100% at the best w.
 VARIANT_DEFAULTS = {
-    "full": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": 20000, "eval_prompts": 36,
+    "full": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": 20000, "eval_prompts": 48,
              "eval_seeds": 4, "unet_norm_groups": 2},
     "simple": {"vae_steps": 1200, "ldm_steps": 3600, "ldm_data_size": 8000, "eval_prompts": 12,
                "eval_seeds": 24, "unet_norm_groups": 32},

@@ -55,11 +55,12 @@ class EvalConfig:
     out: str = field(default="eval", metadata={"help": "output folder: eval.json, the plot, grids, samples"})
     weights: str = field(default="0,1,2,4,8", metadata={
         "help": "comma-separated guidance weights w; the pipeline runs at guidance_scale = w + 1"})
-    # 36 prompts x 4 seeds rather than 12 x 8: the 8 seeds of one prompt mostly agree, so the prompts, not the
+    # 48 prompts x 4 seeds rather than 12 x 8: the 8 seeds of one prompt mostly agree, so the prompts, not the
     # seeds, set the error of an adherence figure (a standard deviation of 13 points at 12 x 8, 8 at 36 x 4; README).
+    # 48 = 2 x 24 covers every (held-out pair, background, size) cell twice.
     seeds_per_prompt: int = field(default=4, metadata={"help": "images per prompt at each w (same seeds)"})
-    prompts_per_split: int = field(default=36, metadata={
-        "help": "distinct prompts per split, spread evenly over colour-shape pairs and backgrounds"})
+    prompts_per_split: int = field(default=48, metadata={
+        "help": "distinct prompts per split, spread evenly over colour-shape pairs, backgrounds and sizes"})
     objects: int = field(default=shapes.DEFAULT_MAX_OBJECTS, metadata={
         "help": "at most this many objects per prompt scene (1-3); match what the model was trained on"})
     simple: bool = field(default=False, metadata={
@@ -119,36 +120,45 @@ class EvalPrompt:
     scene: shapes.Scene  # ground truth the prompt was written from
 
 
-def prompt_cells(split: str, *, seed: int, simple: bool = False) -> list[tuple[tuple[str, str], str | None]]:
+Cell = tuple[tuple[str, str], str | None, str | None]  # (colour–shape pair, background, size) a prompt states
+
+
+def prompt_cells(split: str, *, seed: int, simple: bool = False) -> list[Cell]:
     """The cells a split's prompts are drawn from, in drawing order: (colour–shape pair of the first object,
-    stated background; None for simple prompts, which state none). The k-th cell pairs the (k mod P)-th pair,
-    in an order shuffled by `seed`, with the (k mod B)-th background, so every run of consecutive cells is
-    balanced over pairs and over backgrounds, and the full list holds every combination once when P and B are
-    coprime (4 held-out pairs or 20 seen pairs, 3 backgrounds)."""
+    its stated background, its stated size; None where simple prompts state neither).
+
+    With P pairs (in an order shuffled by `seed`), B backgrounds, S sizes and L = lcm(P, B), the k-th cell
+    takes pair k mod P, background k mod B and size (k + ⌊k / L⌋) mod S. Every L consecutive cells are balanced
+    over pairs and backgrounds and alternate sizes; the list holds each (pair, background, size) once: 24 cells
+    for the 4 held-out pairs, 120 for the 20 seen ones. The size matters: a small yellow cross on a grey or
+    black background fails where a large one or one on white does not, which cells of pair and background
+    alone left to chance (README Results)."""
     pairs = sorted(shapes.HELD_OUT) if split == "held_out" else list(shapes.SEEN_PAIRS)
     order = np.random.default_rng([seed, len(pairs)]).permutation(len(pairs))
     backgrounds = [None] if simple else list(shapes.BACKGROUNDS)
-    return [(pairs[order[k % len(pairs)]], backgrounds[k % len(backgrounds)])
-            for k in range(math.lcm(len(pairs), len(backgrounds)))]
+    sizes = [None] if simple else list(shapes.SIZES)
+    period = math.lcm(len(pairs), len(backgrounds))
+    return [(pairs[order[k % len(pairs)]], backgrounds[k % len(backgrounds)], sizes[(k + k // period) % len(sizes)])
+            for k in range(period * len(sizes))]
 
 
-def _cell(scene: shapes.Scene) -> tuple[tuple[str, str], str | None]:
-    first = scene.objects[0]
-    return (first.colour, first.shape), metrics.prompt_statement(scene).background
+def _cell(scene: shapes.Scene) -> Cell:
+    first = metrics.prompt_statement(scene).objects[0]
+    return (first.colour, first.shape), metrics.prompt_statement(scene).background, first.size
 
 
 def build_prompt_set(*, prompts_per_split: int, max_objects: int, seed: int,
                      simple: bool = False) -> list[EvalPrompt]:
     """`prompts_per_split` distinct canonical prompts per split (seen first, then held-out), stratified: the
     k-th prompt of a split comes from cell k of `prompt_cells` (cycled), so a split's prompts spread evenly
-    over its colour–shape pairs and backgrounds instead of wherever random draws fall. Within a cell, scenes
+    over its colour–shape pairs, backgrounds and sizes instead of wherever random draws fall. Within a cell, scenes
     come in the order of the split's scene stream. Fewer prompts where a cell runs out of distinct ones (the
     simple variant has one prompt per pair: 20 seen and 4 held-out)."""
     prompts = []
     for split, shapes_split in EVAL_SPLITS.items():
         cells = prompt_cells(split, seed=seed, simple=simple)
         wanted = {cell: len(range(k, prompts_per_split, len(cells))) for k, cell in enumerate(cells)}
-        found: dict[tuple, list[tuple[str, shapes.Scene]]] = {cell: [] for cell in cells}
+        found: dict[Cell, list[tuple[str, shapes.Scene]]] = {cell: [] for cell in cells}
         taken: set[str] = set()
         for index in range(1000 * prompts_per_split):  # far more draws than distinct prompts ever need
             scene = shapes.scene_for_index(index, seed=seed, split=shapes_split, max_objects=max_objects,

@@ -145,10 +145,11 @@ def test_prompt_set_splits():
         assert p.prompt == shapes.canonical_prompt(p.scene)
 
 
-@pytest.mark.parametrize("per_split", [12, 24])
-def test_prompt_set_is_stratified_over_pairs_and_backgrounds(per_split):
-    """Held-out prompts cover every (held-out pair, background) cell equally; seen ones spread over the
-    backgrounds equally and use a distinct seen pair per prompt until the pairs run out."""
+@pytest.mark.parametrize("per_split", [12, 24, 48])
+def test_prompt_set_is_stratified_over_pairs_backgrounds_and_sizes(per_split):
+    """Held-out prompts cover every (held-out pair, background) cell equally, and from 24 prompts on every
+    (pair, background, size) cell; seen ones spread over backgrounds and sizes equally and use a distinct seen
+    pair per prompt until the pairs run out."""
     prompts = evaluate.build_prompt_set(prompts_per_split=per_split, max_objects=1, seed=3)
     held_out = [p.scene for p in prompts if p.split == "held_out"]
     seen = [p.scene for p in prompts if p.split == "seen"]
@@ -156,6 +157,13 @@ def test_prompt_set_is_stratified_over_pairs_and_backgrounds(per_split):
     cells = Counter(((s.objects[0].colour, s.objects[0].shape), s.background) for s in held_out)
     assert set(cells) == set(itertools.product(shapes.HELD_OUT, shapes.BACKGROUNDS))
     assert set(cells.values()) == {per_split // 12}
+    for scenes in (held_out, seen):
+        assert Counter(s.objects[0].size for s in scenes) == {size: per_split // 2 for size in shapes.SIZES}
+    if per_split % 24 == 0:
+        cells = Counter(((s.objects[0].colour, s.objects[0].shape), s.background, s.objects[0].size)
+                        for s in held_out)
+        assert set(cells) == set(itertools.product(shapes.HELD_OUT, shapes.BACKGROUNDS, shapes.SIZES))
+        assert set(cells.values()) == {per_split // 24}
     assert Counter(s.background for s in seen) == {b: per_split // 3 for b in shapes.BACKGROUNDS}
     seen_pairs = [(s.objects[0].colour, s.objects[0].shape) for s in seen]
     assert len(set(seen_pairs)) == min(per_split, len(shapes.SEEN_PAIRS))
