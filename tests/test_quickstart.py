@@ -98,7 +98,7 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     assert flag(commands["stage2"], "--norm-num-groups") == "4"
 
 
-def test_snr_floor_only_in_the_full_data_stage2(tmp_path):
+def test_snr_floor_and_cosine_decay_only_in_the_full_data_stage2(tmp_path):
     def stage2_config(**kwargs):
         argv = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path), **kwargs),
                                          tmp_path)[1][2]
@@ -106,4 +106,5 @@ def test_snr_floor_only_in_the_full_data_stage2(tmp_path):
 
     full, simple = stage2_config(), stage2_config(simple=True)
     assert (full.snr_floor, simple.snr_floor) == (0.1, None)
+    assert (full.lr_schedule, simple.lr_schedule) == ("cosine", "constant")
     assert full.min_snr_gamma == simple.min_snr_gamma == 5
