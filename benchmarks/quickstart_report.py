@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -63,8 +64,9 @@ def report(folder: Path) -> str:
 def readme_images(folder: Path, out: Path, *, w: float, prefix: str = "quickstart") -> None:
     """The README's figures: the guidance plot, the last stage-1 reconstruction grid, samples at `w` (four
     seeds each of three seen and three held-out prompts, captioned when every attribute was right), and the
-    held-out prompts of the background where they fail most, as `{prefix}_guidance.png`,
-    `{prefix}_reconstructions.png`, `{prefix}_samples.png` and `{prefix}_heldout_{background}.png`."""
+    three held-out prompts that miss most on the background where held-out prompts fail most, as
+    `{prefix}_guidance.png`, `{prefix}_reconstructions.png`, `{prefix}_samples.png` and
+    `{prefix}_heldout_{background}.png`."""
     out.mkdir(parents=True, exist_ok=True)
     Image.open(folder / "eval" / "adherence_vs_guidance.png").save(out / f"{prefix}_guidance.png", optimize=True)
     recon = Image.open(sorted((folder / "stage1" / "samples").glob("step-*.png"))[-1])
@@ -74,12 +76,15 @@ def readme_images(folder: Path, out: Path, *, w: float, prefix: str = "quickstar
     prompts = {split: [p for p in evaluation["prompts"] if p["split"] == split] for split in ("seen", "held_out")}
     _sample_figure(folder, evaluation, prompts["seen"][:3] + prompts["held_out"][:3], w,
                    out / f"{prefix}_samples.png")
-    # The background on which held-out prompts fail most at w, with up to three of its held-out prompts.
+    # The background on which held-out prompts fail most at w, with the three of its held-out prompts that
+    # miss most often there (ties in prompt order).
     entry = next((e for e in evaluation["sweep"] if e["w"] == w), {})
     rates = {b: r["rate"] for b, r in entry.get("adherence_by_background", {}).get("held_out", {}).items()}
     if len(rates) > 1:
         worst = min(rates, key=rates.get)
-        chosen = [p for p in prompts["held_out"] if p["scene"]["background"] == worst][:3]
+        misses = Counter(s["prompt"] for s in evaluation["samples"] if s["w"] == w and not s["adherent"])
+        on_worst = [p for p in prompts["held_out"] if p["scene"]["background"] == worst]
+        chosen = sorted(on_worst, key=lambda p: -misses[p["prompt"]])[:3]
         _sample_figure(folder, evaluation, chosen, w, out / f"{prefix}_heldout_{worst}.png")
 
 
