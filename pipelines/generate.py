@@ -29,6 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from ldm.attention import check_attention, set_attention
 from ldm.grid import make_grid
+from ldm.training.config import DefaultsHelpFormatter
 from pipelines.folder import load_pipeline
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -58,8 +59,8 @@ class GenerateConfig:
     negative_prompt: str | None = field(
         default=None, metadata={"help": "replaces the empty prompt in guidance"}
     )
-    height: int | None = field(default=None, metadata={"help": "image height (default: the model's size)"})
-    width: int | None = field(default=None, metadata={"help": "image width (default: the model's size)"})
+    height: int | None = field(default=None, metadata={"help": "image height (without it, the model's size)"})
+    width: int | None = field(default=None, metadata={"help": "image width (without it, the model's size)"})
     prompts_file: str | None = field(
         default=None,
         metadata={"help": "one prompt a line, or .jsonl with per-line prompt / negative_prompt / seed"},
@@ -300,13 +301,17 @@ def generate(config: GenerateConfig) -> list[ImageJob]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per `GenerateConfig` field (the prompt is positional); help strings come from the fields."""
+    """One flag per `GenerateConfig` field; the prompt is positional or `--prompt` (diffusers' name for it).
+    Help strings come from the fields. Flags are never matched by prefix: `--prompt` must not become
+    `--prompts-file`."""
     parser = argparse.ArgumentParser(
         prog="ldm-generate",
         description="Sample images from a pipeline folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False,
     )
-    parser.add_argument("prompt", nargs="?", default=None, help="the prompt (or use --prompts-file)")
+    parser.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompt, or --prompts-file)")
+    parser.add_argument("--prompt", dest="prompt_flag", default=None, help="the prompt, as a flag")
     for f in dataclasses.fields(GenerateConfig):
         if f.name == "prompt":
             continue
@@ -319,13 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_config(argv: list[str] | None = None) -> GenerateConfig:
+    """The command line as a `GenerateConfig` (ValueError on a bad combination)."""
+    args = vars(build_parser().parse_args(argv))
+    prompt_flag = args.pop("prompt_flag")
+    if prompt_flag is not None:
+        if args["prompt"] is not None:
+            raise ValueError("give the prompt once: as an argument or as --prompt, not both.")
+        args["prompt"] = prompt_flag
+    return GenerateConfig(**args)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     diffusers_logging.disable_progress_bar()  # loading bars would bury the one-line errors and our own bar
     transformers_logging.disable_progress_bar()
-    args = build_parser().parse_args(argv)
     try:
-        generate(GenerateConfig(**vars(args)))
+        generate(parse_config(argv))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -111,6 +111,22 @@ def test_long_prompt_is_truncated_with_a_warning(model, tmp_path, caplog):
     assert "blue square" in caplog.text and "truncated" in caplog.text.lower()
 
 
+def test_prompt_flag_is_the_positional_prompt_and_no_flag_is_matched_by_prefix(model, tmp_path, capsys):
+    assert run(model, tmp_path / "positional", "a red circle", "-n", 1) == 0
+    assert run(model, tmp_path / "flag", "--prompt", "a red circle", "-n", 1) == 0
+    rows = read_manifest(tmp_path / "flag")
+    assert rows == read_manifest(tmp_path / "positional") and rows[0]["prompt"] == "a red circle"
+    flag, positional = (pixels(tmp_path / name / rows[0]["file"]) for name in ("flag", "positional"))
+    assert np.array_equal(flag, positional)
+    capsys.readouterr()
+    assert run(model, tmp_path / "both", "red", "--prompt", "blue") != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not both" in err and "\n" not in err
+    with pytest.raises(SystemExit):  # argparse's own usage error, not --prompts-file
+        run(model, tmp_path / "prefix", "--prompts", "x.txt")
+    assert "unrecognized arguments: --prompts" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -31,7 +31,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldm-data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ldm-data", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="count usable and skipped samples (decodes every image)")
     check.add_argument("path", help="data source: a path, tar shards, or a built-in name")

@@ -33,7 +33,7 @@ def _scalar_type(annotation) -> type:
     return args[0] if args else annotation
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show "(default: X)" only where there is a default worth showing (not for None or "")."""
 
     def _get_help_string(self, action):
@@ -45,8 +45,9 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser(config_cls: type, *, description: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser with one `--option` per dataclass field of `config_cls`."""
     description = description or (config_cls.__doc__ or "").strip().splitlines()[0]
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=_DefaultsFormatter)
+    # No prefix matching: a mistyped or shortened flag is an error, never another flag that shares its start.
+    parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter,
+                                     allow_abbrev=False)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         if "help" not in f.metadata:
