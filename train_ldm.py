@@ -312,6 +312,8 @@ def _due(step: int, every: int) -> bool:
 def train(config: TrainConfig) -> Path:
     """Run stage 2 from `config`; return the output pipeline folder."""
     output_dir = Path(config.output_dir)
+    checkpoints = CheckpointManager(output_dir)
+    resume_from = checkpoints.resolve(config.resume) if config.resume else None  # fails before any work
     accelerator = make_accelerator(output_dir=output_dir, mixed_precision=config.mixed_precision,
                                    seed=config.seed, project_name="train_ldm")
     if accelerator.is_main_process:
@@ -360,8 +362,7 @@ def train(config: TrainConfig) -> Path:
     # it was trained against, not with the encoder's last step.
     trained = torch.nn.ModuleList([accelerator.unwrap_model(unet)] + ([text_encoder] if train_text else []))
     ema = make_ema(trained, accelerator=accelerator, decay=config.ema_decay) if config.ema else None
-    checkpoints = CheckpointManager(output_dir)
-    start = checkpoints.load(accelerator, checkpoints.resolve(config.resume)) if config.resume else 0
+    start = checkpoints.load(accelerator, resume_from) if resume_from else 0
 
     def validate(name: str) -> None:
         if config.prompts and accelerator.is_main_process:

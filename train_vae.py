@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 def train(config: TrainVAEConfig) -> None:
     # --- setup
     out = Path(config.output_dir)
+    checkpoints = CheckpointManager(out, keep_last=config.keep_checkpoints)
+    resume_from = checkpoints.resolve(config.resume) if config.resume else None  # fails before any work
     accelerator = make_accelerator(output_dir=out, mixed_precision=config.mixed_precision,
                                    gradient_accumulation_steps=config.grad_accum, seed=config.seed,
                                    project_name="train_vae")
@@ -130,8 +132,7 @@ def train(config: TrainVAEConfig) -> None:
     accelerator.register_for_checkpointing(vae, discriminator)
     ema = make_ema(vae, accelerator=accelerator, decay=config.ema_decay) if config.ema else None
 
-    checkpoints = CheckpointManager(out, keep_last=config.keep_checkpoints)
-    step = checkpoints.load(accelerator, checkpoints.resolve(config.resume)) if config.resume else 0
+    step = checkpoints.load(accelerator, resume_from) if resume_from else 0
     accum = config.grad_accum  # the sampler counts micro-batches
     sampler = StepBatchSampler(len(train_set), batch_size=config.batch_size, start_step=step * accum,
                                end_step=config.max_steps * accum, seed=config.seed, rank=rank,

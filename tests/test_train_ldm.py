@@ -196,6 +196,13 @@ def test_bad_option_is_a_one_line_error_before_any_work(parts, tmp_path, capsys,
     assert not (tmp_path / "o").exists()
 
 
+def test_resume_without_a_checkpoint_is_a_one_line_error_before_any_work(parts, tmp_path, capsys):
+    assert train_ldm.main(_args(parts, tmp_path / "o", "--resume", "latest")) == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "--resume latest: no checkpoint found" in err[0]
+    assert not (tmp_path / "o").exists()  # no latent cache encoded, no tokenizer learned
+
+
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_8bit_adam_without_bitsandbytes_is_a_one_line_error(parts, tmp_path, capsys):
     assert train_ldm.main(_args(parts, tmp_path / "o", "--use-8bit-adam")) == 1
