@@ -71,7 +71,7 @@ class QuickstartConfig:
 
 
 # Step counts, U-Net GroupNorm groups and evaluation seeds per data variant, each measured in timed runs on
-# 2 cores (README Results). Full data: 1,500 stage-1 steps rather than 1,200 (29.6 -> 32.2 dB, reconstructions
+# 2 cores (docs/experiments.md). Full data: 1,500 stage-1 steps rather than 1,200 (29.6 -> 32.2 dB, reconstructions
 # read right 89 -> 98%) doubled stage 2's held-out full adherence (32% -> 65% at the best w), and 2 GroupNorm
 # groups rather than diffusers' 32 (one channel per group at cpu-tiny's width) raised it to 78% and seen
 # adherence from 81% to 100%. A stage 1 trained on every colour-shape pair (the seen-pairs VAE reconstructed
@@ -108,7 +108,7 @@ FULL_DATA_RECIPE = ["--snr-floor", "0.1", "--lr-schedule", "cosine"]
 def text_preset(objects: int) -> str:
     """The from-scratch text encoder: for one object, no transformer layers (with the 2-layer `tiny` the U-Net
     never used the position words; with `embeddings` it does: position 12-24% -> 41-55%, measured with the
-    1,200-step stage 1 of that time, README Results); several objects need `tiny`'s layers to tell which
+    1,200-step stage 1 of that time, docs/experiments.md); several objects need `tiny`'s layers to tell which
     object a colour or shape belongs to."""
     return "embeddings" if objects == 1 else "tiny"
 

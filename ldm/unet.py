@@ -19,7 +19,7 @@ UNET_PRESETS: dict[str, dict] = {
     # (8x8 latents, batch 64), which bought more adherence per minute than width did; 1.1 M parameters.
     # Two normalisation groups (16 and 32 channels each): diffusers' default of 32 groups is one channel per
     # group at this width, an instance norm that drops each channel's level and contrast at every block; on
-    # the quickstart's data, seen adherence went from 81% to 100% at w = 1 (README Results).
+    # the quickstart's data, seen adherence went from 81% to 100% at w = 1 (docs/experiments.md).
     "cpu-tiny": dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(1, 2),
                      norm_num_groups=2, **_CROSS_2),
     # 8–16 px latents on a CPU: two resolutions, cross-attention at both (text matters at every scale);

@@ -20,7 +20,7 @@ Splits, deterministic by (seed, split, index) through `numpy.random.default_rng(
 `all_pairs` (`shapes:allpairs=1`) draws train and test objects from every colour–shape pair, the held-out
 ones included. It is for a stage-1 VAE, which sees no captions: an autoencoder is a generic image codec
 (Stable Diffusion's was trained on images far beyond its captioned data), and one trained without the held-out
-pairs cannot reconstruct them (README Results), which would cap stage 2 before it has composed anything.
+pairs cannot reconstruct them (docs/experiments.md, point 1), which would cap stage 2 before it has composed anything.
 Stage 2 must never use it: its held-out figures mean the text-conditioned model has not seen those pairs.
 """
 
