@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ldm.guidance import guidance_scale_from_weight
 from ldm.training.config import run_command, save_config
 from ldm.unet import UNET_PRESETS
 
@@ -159,10 +161,20 @@ def _run_stage(name: str, folder: Path, argv: list[str], timings: dict) -> None:
 
 
 def _summary(out: Path, timings: dict) -> str:
+    """Where the results are, the stage times, the evaluation's best guidance weight and a command that samples
+    a held-out prompt at it."""
     lines = [f"model (diffusers pipeline folder): {out / 'stage2'}",
              f"images and plot: {out / 'eval'}",
              f"metrics: {out / 'eval' / 'eval.json'}"]
     lines += [f"{name} wall time: {seconds / 60:.1f} min" for name, seconds in timings.items()]
+    evaluation = json.loads((out / "eval" / "eval.json").read_text())
+    best, prompts = evaluation["best"], evaluation["prompts"]
+    scale = guidance_scale_from_weight(best["w"])
+    lines.append(f"best guidance: w = {best['w']:g} (guidance_scale {scale:g}), adherence "
+                 f"{best['held_out_adherence']:.0%} on held-out and {best['seen_adherence']:.0%} on seen prompts")
+    prompt = next((p["prompt"] for p in prompts if p["split"] == "held_out"), prompts[0]["prompt"])
+    lines.append(f"try: ldm-generate {shlex.quote(prompt)} --model {shlex.quote(str(out / 'stage2'))} "
+                 f"--guidance-scale {scale:g} --out {shlex.quote(str(out / 'samples'))}")
     return "\n".join(lines)
 
 

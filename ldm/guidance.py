@@ -10,6 +10,11 @@ from __future__ import annotations
 import torch
 
 
+def guidance_scale_from_weight(w: float) -> float:
+    """diffusers' `guidance_scale` for the paper's guidance weight `w`: w + 1 (w = 0 is the conditional model)."""
+    return float(w) + 1.0
+
+
 def do_guidance(guidance_scale: float) -> bool:
     """True when the unconditional branch is needed, i.e. guidance_scale > 1 (w > 0)."""
     return guidance_scale > 1.0

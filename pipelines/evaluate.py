@@ -35,6 +35,7 @@ from ldm.eval import metrics
 from ldm.eval.plot import plot_guidance_sweep
 from ldm.eval.reader import read_scene
 from ldm.grid import make_grid
+from ldm.guidance import guidance_scale_from_weight
 from ldm.training.config import build_parser, save_config
 from pipelines.folder import load_pipeline
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -219,8 +220,9 @@ def run_sweep(pipe, prompts: list[EvalPrompt], config: EvalConfig,
             chunk = indexed[start:start + per_call]
             seeds = [sample_seeds(seed=config.seed, prompt_index=index, count=config.seeds_per_prompt)
                      for index, _ in chunk]
-            batches = sample_prompts(pipe, [item.prompt for _, item in chunk], seeds=seeds, guidance_scale=w + 1,
-                                     steps=config.steps, resolution=config.resolution)
+            batches = sample_prompts(pipe, [item.prompt for _, item in chunk], seeds=seeds,
+                                     guidance_scale=guidance_scale_from_weight(w), steps=config.steps,
+                                     resolution=config.resolution)
             for (index, item), item_seeds, images in zip(chunk, seeds, batches):
                 files = [f"samples/w{w:g}/{item.split}-{index:03d}-seed{s}.png" for s in item_seeds]
                 for image, file in zip(images, files):

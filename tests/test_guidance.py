@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_components import TINY_HIDDEN, tiny_unet
 
-from ldm.guidance import apply_guidance, cfg_batch, do_guidance
+from ldm.guidance import apply_guidance, cfg_batch, do_guidance, guidance_scale_from_weight
 
 
 def test_cfg_batch_puts_uncond_first():
@@ -26,6 +26,13 @@ def test_apply_guidance_is_the_paper_formula(guidance_scale):
     expected = (w + 1) * eps_cond - w * eps_uncond  # Ho & Salimans 2022, eq. 6
     got = apply_guidance(cfg_batch(eps_uncond, eps_cond), guidance_scale)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5, 8.0])
+def test_guidance_weight_maps_to_the_scale_that_gives_the_paper_formula(w):
+    eps_uncond, eps_cond = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    got = apply_guidance(cfg_batch(eps_uncond, eps_cond), guidance_scale_from_weight(w))
+    torch.testing.assert_close(got, (w + 1) * eps_cond - w * eps_uncond, atol=1e-5, rtol=1e-5)
 
 
 def test_do_guidance_skips_uncond_branch_at_w_zero():

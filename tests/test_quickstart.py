@@ -1,5 +1,6 @@
 """quickstart.py end to end at toy step counts: stages run as processes, outputs load, a second run reuses them."""
 import json
+import shlex
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ from diffusers import StableDiffusionPipeline
 import quickstart
 import train_ldm
 from ldm.training.config import parse_config
+from pipelines import generate
 
 TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
        "--eval-weights", "0,1", "--eval-seeds", "1", "--eval-steps", "2"]
@@ -29,6 +31,13 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     stock = StableDiffusionPipeline.from_pretrained(str(out / "stage2"), safety_checker=None)
     vae_config = json.loads((out / "stage1" / "vae" / "config.json").read_text())
     assert stock.vae.config.scaling_factor == pytest.approx(vae_config["scaling_factor"])
+    # The summary names the evaluation's best w as a guidance scale, in an ldm-generate command that runs.
+    best = evaluation["best"]["w"]
+    assert f"best guidance: w = {best:g} (guidance_scale {best + 1:g})" in first.stdout
+    command = shlex.split(next(line for line in first.stdout.splitlines() if line.startswith("try: ")))[1:]
+    assert command[0] == "ldm-generate" and command[command.index("--guidance-scale") + 1] == f"{best + 1:g}"
+    assert generate.main([*command[1:], "-n", "1", "--steps", "2"]) == 0
+    assert len(list((out / "samples").glob("*.png"))) == 2  # the image and the contact sheet
 
     second = subprocess.run([sys.executable, "-m", "quickstart", "--output-dir", str(out), *TOY],
                             capture_output=True, text=True, timeout=600)
