@@ -35,6 +35,7 @@ from ldm.conditioning import encode_prompt
 from ldm.data import open_dataset
 from ldm.eval.metrics import adherence, prompt_statement
 from ldm.eval.reader import read_scene
+from ldm.guidance import guidance_scale_from_weight
 from ldm.latents import encode_dataset
 from ldm.objective import diffusion_loss, min_snr_weights, snr, training_target
 from pipelines.evaluate import build_prompt_set, sample_seeds
@@ -119,7 +120,7 @@ def synchronize() -> None:
 
 def sample_all(pipe, prompts, *, seeds: int, steps: int, w: float) -> tuple[np.ndarray, float]:
     """uint8 images (N, H, W, 3) of every prompt x seed, and the seconds taken (after one warm-up call)."""
-    call = dict(num_inference_steps=steps, guidance_scale=w + 1, output_type="np")
+    call = dict(num_inference_steps=steps, guidance_scale=guidance_scale_from_weight(w), output_type="np")
     pipe(prompts[0].prompt, generator=torch.Generator().manual_seed(0), **call)
     synchronize()
     start, images = time.perf_counter(), []

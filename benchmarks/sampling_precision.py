@@ -17,6 +17,7 @@ import torch
 
 from ldm.eval.metrics import adherence, prompt_statement
 from ldm.eval.reader import read_scene
+from ldm.guidance import guidance_scale_from_weight
 from pipelines.evaluate import build_prompt_set, sample_seeds
 from pipelines.folder import load_pipeline
 from pipelines.schedulers import make_scheduler
@@ -28,8 +29,8 @@ def sample_all(pipe, prompts, *, w: float, seeds: int, steps: int, precision) ->
     for index, item in enumerate(prompts):
         generators = [torch.Generator().manual_seed(s) for s in sample_seeds(seed=0, prompt_index=index, count=seeds)]
         with precision:
-            out = pipe(item.prompt, num_inference_steps=steps, guidance_scale=w + 1, num_images_per_prompt=seeds,
-                       generator=generators, output_type="np").images
+            out = pipe(item.prompt, num_inference_steps=steps, guidance_scale=guidance_scale_from_weight(w),
+                       num_images_per_prompt=seeds, generator=generators, output_type="np").images
         images += list((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return images, time.perf_counter() - start
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ldm.data.shapes import Scene
 from ldm.eval.reader import read_scene
+from ldm.guidance import guidance_scale_from_weight
 
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position")
 ATTRIBUTES = ("count",) + OBJECT_ATTRIBUTES + ("background",)
@@ -139,8 +140,8 @@ def summarise_sweep(records: list[SampleRecord], diversities: list[PromptDiversi
     summary = []
     for w in weights:
         at_w = [r for r in records if r.w == w]
-        entry = {"w": w, "guidance_scale": w + 1, "adherence": {}, "attribute_accuracy": {},
-                 "adherence_by_background": {}, "diversity": {}}
+        entry = {"w": w, "guidance_scale": guidance_scale_from_weight(w), "adherence": {},
+                 "attribute_accuracy": {}, "adherence_by_background": {}, "diversity": {}}
         for split in SPLITS:
             in_split = [r for r in at_w if r.split == split]
             entry["adherence"][split] = _rate([r.adherent for r in in_split])
