@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ldm.guidance import guidance_scale_from_weight
 from ldm.training.config import run_command, save_config
+from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS, StopOnInterrupt, TrainingInterrupted
 from ldm.unet import UNET_PRESETS
 
 logger = logging.getLogger("quickstart")
@@ -154,8 +155,12 @@ def _run_stage(name: str, folder: Path, argv: list[str], timings: dict) -> None:
         argv = [*argv, "--resume", "latest"]
     logger.info("%s: %s", name, " ".join(["python", *argv]))
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, *argv], check=False)
+    # Ctrl-C reaches the stage too (one process group): wait while it saves its checkpoint instead of killing it.
+    with StopOnInterrupt(message=f"waiting for {name} to save its checkpoint") as stop:
+        result = subprocess.run([sys.executable, *argv], check=False)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    if stop.requested or result.returncode == INTERRUPTED_EXIT_STATUS:
+        raise TrainingInterrupted(f"{name} was interrupted; run the quickstart again to resume it.")
     if result.returncode != 0:
         raise ValueError(f"{name} failed (exit {result.returncode}); run the quickstart again to resume it.")
 

@@ -38,6 +38,7 @@ from ldm.training.checkpoint import CheckpointManager
 from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
+from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
 from ldm.training.optim import LR_SCHEDULES, make_adamw, make_lr_scheduler
 from ldm.training.progress import TrainingProgress
 from ldm.unet import UNET_PRESETS, build_unet
@@ -376,8 +377,9 @@ def train(config: TrainConfig) -> Path:
 
     # Training loop. Closing the progress bar also on errors puts an error message on a line of its own.
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
-    with contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
-                                             global_batch_size=global_batch)) as progress:
+    stop = StopOnInterrupt(enabled=accelerator.num_processes == 1)
+    with stop, contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
+                                                   global_batch_size=global_batch)) as progress:
         for step in range(start, config.max_steps):
             loss = backward_micro_steps(step, unet=unet, config=config, accelerator=accelerator,
                                         embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
@@ -396,6 +398,7 @@ def train(config: TrainConfig) -> Path:
                 checkpoints.save(accelerator, step + 1)
             if _due(step + 1, config.val_every):
                 validate(f"step-{step + 1}")
+            stop_if_requested(stop, checkpoints, accelerator, step=step + 1)
 
     # The pipeline folder (EMA weights when on) and a last validation grid.
     validate("final")

@@ -26,10 +26,10 @@ from autoencoder import measure_scaling_factor, psnr, ssim
 from ldm.data import open_dataset
 from ldm.data.transforms import to_pil
 from ldm.grid import make_grid
-from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler,
+from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler, StopOnInterrupt,
                           TrainingProgress, average_gradients, check_finite, ema_weights, make_accelerator,
                           make_adamw, make_ema, make_lr_scheduler, option, run_command, save_config, sliced_randn,
-                          step_generator)
+                          step_generator, stop_if_requested)
 
 logger = logging.getLogger("train_vae")
 
@@ -141,8 +141,9 @@ def train(config: TrainVAEConfig) -> None:
 
     # --- loop: one optimizer step of the VAE, then one of the discriminator, on the same reconstructions
     start = time.perf_counter()  # for metrics.json's elapsed_s: wall time of this process's training
-    with TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=step,
-                          global_batch_size=config.batch_size * world * accum) as progress:
+    stop = StopOnInterrupt(enabled=world == 1)
+    with stop, TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=step,
+                                global_batch_size=config.batch_size * world * accum) as progress:
         while step < config.max_steps:
             logs = {}
             for micro in range(step * accum, (step + 1) * accum):
@@ -170,6 +171,7 @@ def train(config: TrainVAEConfig) -> None:
                 metrics["elapsed_s"] = time.perf_counter() - start
                 append_metrics(out / "metrics.json", step, metrics)
             accelerator.wait_for_everyone()
+            stop_if_requested(stop, checkpoints, accelerator, step=step)
 
     # --- save: measured scaling_factor in the config, the one place stage 2 and samplers read it
     if accelerator.is_main_process:

@@ -37,6 +37,7 @@ from ldm.eval.reader import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from ldm.training.config import build_parser, save_config
+from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS
 from pipelines.folder import load_pipeline
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
     print("w     seen    held-out  diversity")
     for entry in report["sweep"]:
         rates = [entry["adherence"][s]["rate"] for s in metrics.SPLITS] + [entry["diversity"]["all"]]

@@ -30,6 +30,7 @@ from transformers.utils import logging as transformers_logging
 from ldm.attention import check_attention, set_attention
 from ldm.grid import make_grid
 from ldm.training.config import DefaultsHelpFormatter
+from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS
 from pipelines.folder import load_pipeline
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
     return 0
 
 

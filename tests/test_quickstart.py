@@ -3,15 +3,18 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from diffusers import StableDiffusionPipeline
+from interrupting import interrupt_when_training, last_line
 
 import quickstart
 import train_ldm
 from ldm.training.config import parse_config
 from pipelines import generate
 
+REPO = Path(__file__).resolve().parents[1]
 TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
        "--eval-weights", "0,1", "--eval-seeds", "1", "--eval-steps", "2"]
 
@@ -44,6 +47,22 @@ def test_quickstart_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stderr.count("already finished") == 3
     assert json.loads((out / "timings.json").read_text()) == timings  # nothing ran again
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_stage_with_its_checkpoint_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "qs"
+    toy = [*TOY, "--output-dir", str(out)]
+    toy[toy.index("--vae-steps") + 1] = "100000"
+    status, stderr = interrupt_when_training([sys.executable, "-m", "quickstart", *toy], cwd=REPO)
+    assert status == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert last_line(stderr) == "stage1 was interrupted; run the quickstart again to resume it."
+    step = int((out / "stage1" / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
+    toy[toy.index("--vae-steps") + 1] = str(step + 1)
+    again = subprocess.run([sys.executable, "-m", "quickstart", *toy], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "stage1: resuming from" in again.stderr and (out / "eval" / "eval.json").is_file()
 
 
 def test_bad_option_is_one_line_error(capsys):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import train_ldm
 from ldm.conditioning import encode_prompt, null_prompt_embeds
+from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +172,24 @@ def test_non_finite_loss_stops_with_one_line_error(parts, tmp_path, capsys):
     latest = (out / "checkpoints" / "latest").read_text().strip()
     assert latest == "step-1" and f"checkpoints/{latest}" in err[0]  # names the last good checkpoint
     assert not (out / "model_index.json").exists()
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_resumes(parts, tmp_path):
+    """One SIGINT mid-run: a checkpoint of the last finished step (no periodic ones here), one line, exit 130;
+    the same command with --resume latest continues from it."""
+    out = tmp_path / "out"
+    common = ["--checkpoint-every", "0", "--text-encoder", str(parts / "te")]
+    status, stderr = interrupt_when_training([sys.executable, str(REPO / "train_ldm.py"),
+                                              *_args(parts, out, "--max-steps", "100000", *common)], cwd=REPO)
+    assert status == 130 and "Traceback" not in stderr, stderr[-2000:]
+    line = last_line(stderr)
+    assert line.startswith("interrupted after step ") and "--resume latest" in line
+    step = int(line.split()[3].rstrip(";"))
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step}" and f"step-{step}" in line
+    assert json.loads((out / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text()) == {"step": step}
+    assert not (out / "model_index.json").exists()
+    assert train_ldm.main(_args(parts, out, "--max-steps", str(step + 1), *common, "--resume", "latest")) == 0
+    assert (out / "model_index.json").is_file()
 
 
 def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import train_vae
 from autoencoder import AutoencoderLoss, measure_scaling_factor
 from ldm.data import open_dataset
+from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,18 @@ def test_non_finite_loss_stops_with_one_line_naming_step(vae_config, tmp_path, m
     assert err.startswith("error: non-finite loss") and "step 3" in err and "step-2" in err
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert not (tmp_path / "checkpoints" / "step-4").exists() and not (tmp_path / "vae").exists()
+
+
+def test_ctrl_c_saves_the_finished_step(vae_config, tmp_path):
+    status, stderr = interrupt_when_training([sys.executable, str(REPO / "train_vae.py"),
+                                              *_args(vae_config, tmp_path, "--max-steps", "100000",
+                                                     "--checkpoint-every", "100000")], cwd=REPO)
+    assert status == 130 and "Traceback" not in stderr, stderr[-2000:]
+    line = last_line(stderr)
+    assert line.startswith("interrupted after step ") and "--resume latest" in line
+    step = int(line.split()[3].rstrip(";"))
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step-{step}"
+    assert not (tmp_path / "vae").exists()
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ldm.training.guards import NonFiniteLossError
+from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS, TrainingInterrupted
 
 ConfigT = TypeVar("ConfigT")
 
@@ -79,7 +80,8 @@ def run_command(command: Callable[[ConfigT], object], config_cls: type[ConfigT],
     """Parse `argv` into `config_cls`, run `command(config)`; a user mistake becomes one `error: ...` line.
 
     Returns the exit status: 0 on success, 1 for a ValueError or OSError (bad option, missing or unwritable
-    path) or a non-finite loss (from `ldm.training.guards`), which all carry a one-sentence message.
+    path) or a non-finite loss (from `ldm.training.guards`), which all carry a one-sentence message, and 130
+    for Ctrl-C (after the trainers saved a checkpoint, `ldm.training.interrupt`), with one line too.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file is noise
@@ -88,4 +90,10 @@ def run_command(command: Callable[[ConfigT], object], config_cls: type[ConfigT],
     except (ValueError, OSError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stopped:
+        print(stopped, file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
     return 0
