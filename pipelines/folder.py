@@ -86,7 +86,9 @@ def check_pipeline_folder(path: str | Path) -> Path:
     """Raise a one-sentence `FileNotFoundError` / `ValueError` unless `path` is a loadable pipeline folder."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json).")
+        inside = sorted(p.parent for p in path.glob("*/model_index.json")) if path.is_dir() else []
+        hint = f"; did you mean {', '.join(map(str, inside))}?" if inside else "."
+        raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json){hint}")
     for name in COMPONENTS:
         if not (path / name).is_dir():
             raise FileNotFoundError(f"pipeline folder {path} is missing its {name}/ component.")

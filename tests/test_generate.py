@@ -166,6 +166,7 @@ def test_bad_files_exit_with_one_line(model, tmp_path, capsys):
         (["red", "--model", str(corrupt), "--out", str(tmp_path / "o")], "unreadable weights file"),
         (["red", "--model", str(model), "--out", str(blocker / "sub")], "cannot write to output folder"),
         (["red", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "not a pipeline folder"),
+        (["red", "--model", str(model.parent), "--out", str(tmp_path / "o")], f"did you mean {model}?"),
     ]
     for argv, message in cases:
         assert main(argv) != 0
