@@ -123,6 +123,9 @@ class ImageJob:
 def read_prompts(config: GenerateConfig) -> list[dict]:
     """Prompt records `{"prompt", "negative_prompt", "seed"}` from the command line or --prompts-file."""
     if config.prompts_file is None:
+        if config.prompt.endswith((".txt", ".jsonl")) and Path(config.prompt).is_file():
+            logger.warning("the prompt %r is the name of a file: it is used as the prompt text; pass "
+                           "--prompts-file to read prompts from it", config.prompt)
         return [{"prompt": config.prompt, "negative_prompt": config.negative_prompt, "seed": None}]
     path = Path(config.prompts_file)
     if not path.is_file():

@@ -127,6 +127,13 @@ def test_prompt_flag_is_the_positional_prompt_and_no_flag_is_matched_by_prefix(m
     assert "unrecognized arguments: --prompts" in capsys.readouterr().err
 
 
+def test_a_prompt_that_names_a_prompts_file_gets_a_warning(model, prompts_file, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(prompts_file.parent)
+    assert run(model, tmp_path, prompts_file.name, "-n", 1) == 0
+    assert read_manifest(tmp_path)[0]["prompt"] == prompts_file.name  # still the text, as asked
+    assert "--prompts-file" in caplog.text and prompts_file.name in caplog.text
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
