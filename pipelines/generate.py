@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompt, or --prompts-file)")
-    parser.add_argument("--prompt", dest="prompt_flag", default=None, help="the prompt, as a flag")
+    parser.add_argument("--prompt", dest="prompt_flag", metavar="PROMPT", default=None, help="the prompt, as a flag")
     for f in dataclasses.fields(GenerateConfig):
         if f.name == "prompt":
             continue
