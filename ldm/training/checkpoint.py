@@ -57,6 +57,12 @@ class CheckpointManager:
         self.last_saved = final
         return final
 
+    def ensure_saved(self, accelerator: Accelerator, step: int) -> Path:
+        """The checkpoint of `step`: the one this run just saved, or a new one (`save`)."""
+        if self.last_saved == self.root / f"step-{step}":
+            return self.last_saved
+        return self.save(accelerator, step)
+
     def _point_latest_at(self, folder: Path) -> None:
         pointer_tmp = self.root / f".{LATEST}.tmp"
         pointer_tmp.write_text(folder.name + "\n")

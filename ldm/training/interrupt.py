@@ -59,8 +59,6 @@ def stop_if_requested(stop: StopOnInterrupt, checkpoints: CheckpointManager, acc
     """At the end of optimizer step `step`: if an interrupt was requested, make sure a checkpoint of `step`
     exists (saving one unless the loop just did) and raise TrainingInterrupted naming it."""
     if stop.requested:
-        path = checkpoints.root / f"step-{step}"
-        if checkpoints.last_saved != path:
-            path = checkpoints.save(accelerator, step)
+        path = checkpoints.ensure_saved(accelerator, step)
         raise TrainingInterrupted(f"interrupted after step {step}; the checkpoint {path} holds it: run the same "
                                   f"command with --resume latest to continue.")
