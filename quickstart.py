@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ldm.cli import USER_ERROR, RunFailed, run_command, save_config
 from ldm.guidance import guidance_scale_from_weight
-from ldm.training.config import run_command, save_config
 from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS, StopOnInterrupt, TrainingInterrupted
 from ldm.unet import UNET_PRESETS
 
@@ -161,8 +161,10 @@ def _run_stage(name: str, folder: Path, argv: list[str], timings: dict) -> None:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
     if stop.requested or result.returncode == INTERRUPTED_EXIT_STATUS:
         raise TrainingInterrupted(f"{name} was interrupted; run the quickstart again to resume it.")
+    if result.returncode == USER_ERROR:
+        raise ValueError(f"{name} stopped on a bad option or path (exit {result.returncode}); see its error above.")
     if result.returncode != 0:
-        raise ValueError(f"{name} failed (exit {result.returncode}); run the quickstart again to resume it.")
+        raise RunFailed(f"{name} failed (exit {result.returncode}); run the quickstart again to resume it.")
 
 
 def _summary(out: Path, timings: dict) -> str:
@@ -199,8 +201,8 @@ def run(cfg: QuickstartConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ldm-quickstart`: 0 on success, 1 with a one-line `error: ...`."""
-    return run_command(run, QuickstartConfig, argv)
+    """`ldm-quickstart`: 0 on success; a user mistake is one `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_command(run, QuickstartConfig, argv, prog="ldm-quickstart")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from transformers import CLIPTokenizer
 
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
+from ldm.cli import option, run_command, save_config
 from ldm.conditioning import drop_mask, drop_words, encode_input_ids, null_prompt_embeds, tokenize_prompts
 from ldm.data import open_dataset
 from ldm.grid import make_grid
@@ -35,7 +36,6 @@ from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
 from ldm.training.accelerator import average_gradients, make_accelerator
 from ldm.training.batches import global_batch_indices, local_slice, step_generator
 from ldm.training.checkpoint import CheckpointManager
-from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
 from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
@@ -413,8 +413,9 @@ def train(config: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ldm-train` / `accelerate launch train_ldm.py`: 0 on success, 1 with a one-line `error: ...`."""
-    return run_command(train, TrainConfig, argv)
+    """`ldm-train` / `accelerate launch train_ldm.py`: 0 on success; a user mistake is one `error: ...` line and
+    exit status 2, a non-finite loss exit status 1 (`ldm.cli`)."""
+    return run_command(train, TrainConfig, argv, prog="ldm-train")
 
 
 if __name__ == "__main__":

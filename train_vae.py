@@ -26,10 +26,10 @@ from autoencoder import measure_scaling_factor, psnr, ssim
 from ldm.data import open_dataset
 from ldm.data.transforms import to_pil
 from ldm.grid import make_grid
+from ldm.cli import option, run_command, save_config
 from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler, StopOnInterrupt,
                           TrainingProgress, average_gradients, check_finite, ema_weights, make_accelerator,
-                          make_adamw, make_ema, make_lr_scheduler, option, run_command, save_config, sliced_randn,
-                          step_generator, stop_if_requested)
+                          make_adamw, make_ema, make_lr_scheduler, sliced_randn, step_generator, stop_if_requested)
 
 logger = logging.getLogger("train_vae")
 
@@ -90,8 +90,8 @@ class TrainVAEConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: parse, train, and turn user mistakes into one `error: ...` line and exit status 1."""
-    return run_command(train, TrainVAEConfig, argv)
+    """`ldm-train-vae`: 0 on success; a user mistake is one `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_command(train, TrainVAEConfig, argv, prog="ldm-train-vae")
 
 
 def train(config: TrainVAEConfig) -> None:

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 
 from autoencoder.metrics import psnr, ssim
-from diffusers.utils import logging as diffusers_logging
 
 from ldm.attention import set_attention
+from ldm.cli import run_command, save_config
 from ldm.data import shapes
 from ldm.data.dataset import ShapesDataset, open_dataset, parse_source
 from ldm.data.transforms import to_pil
@@ -36,8 +36,6 @@ from ldm.eval.plot import plot_guidance_sweep
 from ldm.eval.reader import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
-from ldm.training.config import build_parser, save_config
-from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS
 from pipelines.folder import load_pipeline
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
@@ -372,27 +370,20 @@ def evaluate(config: EvalConfig) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    diffusers_logging.disable_progress_bar()  # loading bars would bury the one-line errors
-    parser = build_parser(EvalConfig)
-    parser.prog = "ldm-eval"
-    args = parser.parse_args(argv)
-    try:
-        config = EvalConfig(**vars(args))
-        report = evaluate(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return INTERRUPTED_EXIT_STATUS
+def evaluate_and_print(config: EvalConfig) -> dict:
+    """Run `evaluate` and print the adherence table."""
+    report = evaluate(config)
     print("w     seen    held-out  diversity")
     for entry in report["sweep"]:
         rates = [entry["adherence"][s]["rate"] for s in metrics.SPLITS] + [entry["diversity"]["all"]]
         print(f"{entry['w']:<5g} " + "  ".join("   -    " if r is None else f"{r:8.3f}" for r in rates))
     print(f"wrote {Path(config.out) / 'eval.json'}, adherence_vs_guidance.png and grid_w*.png")
-    return 0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ldm-eval`: 0 on success; a user mistake is one `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_command(evaluate_and_print, EvalConfig, argv, prog="ldm-eval")
 
 
 if __name__ == "__main__":

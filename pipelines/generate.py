@@ -11,7 +11,6 @@ run's, file for file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -22,15 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from transformers.utils import logging as transformers_logging
 
 from ldm.attention import check_attention, set_attention
+from ldm.cli import run_command
 from ldm.grid import make_grid
-from ldm.training.config import DefaultsHelpFormatter
-from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS
 from pipelines.folder import load_pipeline
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -44,10 +40,11 @@ MANIFEST = "manifest.jsonl"
 
 @dataclass
 class GenerateConfig:
-    prompt: str | None = field(default=None, metadata={"help": "the prompt (or use --prompts-file)"})
+    prompt: str | None = field(default=None, metadata={"help": "the prompt (or use --prompts-file)",
+                                                        "positional": True})
     model: str = field(default="", metadata={"help": "pipeline folder (ours or any diffusers SD-1.x/2.x)"})
     out: str = field(default="samples", metadata={"help": "output folder for PNGs, grid.png, manifest.jsonl"})
-    num_images: int = field(default=4, metadata={"help": "images per prompt"})
+    num_images: int = field(default=4, metadata={"help": "images per prompt", "aliases": ["-n"]})
     steps: int = field(default=25, metadata={"help": "number of sampler steps"})
     guidance_scale: float = field(
         default=DEFAULT_GUIDANCE_SCALE,
@@ -304,54 +301,9 @@ def generate(config: GenerateConfig) -> list[ImageJob]:
     return jobs
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per `GenerateConfig` field; the prompt is positional or `--prompt` (diffusers' name for it).
-    Help strings come from the fields. Flags are never matched by prefix: `--prompt` must not become
-    `--prompts-file`."""
-    parser = argparse.ArgumentParser(
-        prog="ldm-generate",
-        description="Sample images from a pipeline folder.",
-        formatter_class=DefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompt, or --prompts-file)")
-    parser.add_argument("--prompt", dest="prompt_flag", metavar="PROMPT", default=None, help="the prompt, as a flag")
-    for f in dataclasses.fields(GenerateConfig):
-        if f.name == "prompt":
-            continue
-        flags = [f"--{f.name.replace('_', '-')}"] + (["-n"] if f.name == "num_images" else [])
-        if f.type == "bool":
-            parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, help=f.metadata["help"])
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> GenerateConfig:
-    """The command line as a `GenerateConfig` (ValueError on a bad combination)."""
-    args = vars(build_parser().parse_args(argv))
-    prompt_flag = args.pop("prompt_flag")
-    if prompt_flag is not None:
-        if args["prompt"] is not None:
-            raise ValueError("give the prompt once: as an argument or as --prompt, not both.")
-        args["prompt"] = prompt_flag
-    return GenerateConfig(**args)
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    diffusers_logging.disable_progress_bar()  # loading bars would bury the one-line errors and our own bar
-    transformers_logging.disable_progress_bar()
-    try:
-        generate(parse_config(argv))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return INTERRUPTED_EXIT_STATUS
-    return 0
+    """`ldm-generate`: 0 on success; a user mistake is one `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_command(generate, GenerateConfig, argv, prog="ldm-generate")
 
 
 if __name__ == "__main__":

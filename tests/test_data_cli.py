@@ -33,7 +33,7 @@ def test_check_table_and_no_usable_sample(tmp_path, capsys):
     assert main(["check", str(_folder(tmp_path)), "--resolution", "32"]) == 0
     table = capsys.readouterr().out
     assert "usable" in table and "3" in table and ZERO_BYTES in table
-    assert main(["check", str(tmp_path), "--json", "--resolution", "64"]) == 1  # every image is too small
+    assert main(["check", str(tmp_path), "--json", "--resolution", "64"]) == 2  # every image is too small
     captured = capsys.readouterr()
     assert json.loads(captured.out)["usable"] == 0 and captured.err.startswith("error:")
 
@@ -47,6 +47,6 @@ def test_preview_writes_a_captioned_grid(tmp_path, capsys):
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
-    assert main(["preview", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 1
+    assert main(["preview", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err

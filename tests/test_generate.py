@@ -122,8 +122,8 @@ def test_prompt_flag_is_the_positional_prompt_and_no_flag_is_matched_by_prefix(m
     assert run(model, tmp_path / "both", "red", "--prompt", "blue") != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not both" in err and "\n" not in err
-    with pytest.raises(SystemExit):  # argparse's own usage error, not --prompts-file
-        run(model, tmp_path / "prefix", "--prompts", "x.txt")
+    # argparse's own usage error (exit 2, as for every user mistake), not --prompts-file
+    assert run(model, tmp_path / "prefix", "--prompts", "x.txt") == 2
     assert "unrecognized arguments: --prompts" in capsys.readouterr().err
 
 
@@ -147,7 +147,7 @@ def test_a_prompt_that_names_a_prompts_file_gets_a_warning(model, prompts_file, 
     ],
 )
 def test_bad_options_exit_with_one_line(model, tmp_path, capsys, extra, message):
-    assert main(["red", "--model", str(model), "--out", str(tmp_path), *extra]) != 0
+    assert main(["red", "--model", str(model), "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
 
@@ -176,7 +176,7 @@ def test_bad_files_exit_with_one_line(model, tmp_path, capsys):
         (["red", "--model", str(model.parent), "--out", str(tmp_path / "o")], f"did you mean {model}?"),
     ]
     for argv, message in cases:
-        assert main(argv) != 0
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
 

@@ -11,7 +11,7 @@ from interrupting import interrupt_when_training, last_line
 
 import quickstart
 import train_ldm
-from ldm.training.config import parse_config
+from ldm.cli import parse_config
 from pipelines import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_ctrl_c_stops_the_stage_with_its_checkpoint_and_a_rerun_resumes(tmp_path
 
 
 def test_bad_option_is_one_line_error(capsys):
-    assert quickstart.main(["--objects", "4"]) == 1
+    assert quickstart.main(["--objects", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --objects") and "\n" not in err
 
@@ -94,7 +94,7 @@ def test_simple_variant_reaches_every_stage(tmp_path, capsys):
     assert "--simple" in commands["eval"]
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=1,simple=1"
     assert "--simple" not in quickstart.stage_commands(quickstart.QuickstartConfig(), tmp_path)[2][2]
-    assert quickstart.main(["--simple", "--objects", "2"]) == 1
+    assert quickstart.main(["--simple", "--objects", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --simple") and "\n" not in err
 

@@ -6,7 +6,7 @@ import pytest
 
 import quickstart
 import train_ldm
-from ldm.training import parse_config
+from ldm.cli import parse_config
 from pipelines.evaluate import _best_weight
 
 _SPEC = importlib.util.spec_from_file_location(

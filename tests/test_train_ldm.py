@@ -195,7 +195,7 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resumes(parts, tmp_path):
 def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
     code = train_ldm.main(["--data", "shapes", "--vae", str(tmp_path / "nope"),
                            "--output-dir", str(tmp_path / "o")])
-    assert code == 1
+    assert code == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "nope" in err[0]
 
@@ -209,14 +209,14 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
                                                       marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                                reason="CPU-only message"))])
 def test_bad_option_is_a_one_line_error_before_any_work(parts, tmp_path, capsys, extra, word):
-    assert train_ldm.main(_args(parts, tmp_path / "o", *extra)) == 1
+    assert train_ldm.main(_args(parts, tmp_path / "o", *extra)) == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and word in err[0]
     assert not (tmp_path / "o").exists()
 
 
 def test_resume_without_a_checkpoint_is_a_one_line_error_before_any_work(parts, tmp_path, capsys):
-    assert train_ldm.main(_args(parts, tmp_path / "o", "--resume", "latest")) == 1
+    assert train_ldm.main(_args(parts, tmp_path / "o", "--resume", "latest")) == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "--resume latest: no checkpoint found" in err[0]
     assert not (tmp_path / "o").exists()  # no latent cache encoded, no tokenizer learned
@@ -224,7 +224,7 @@ def test_resume_without_a_checkpoint_is_a_one_line_error_before_any_work(parts, 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_8bit_adam_without_bitsandbytes_is_a_one_line_error(parts, tmp_path, capsys):
-    assert train_ldm.main(_args(parts, tmp_path / "o", "--use-8bit-adam")) == 1
+    assert train_ldm.main(_args(parts, tmp_path / "o", "--use-8bit-adam")) == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "bitsandbytes" in err[0]
     assert not (tmp_path / "o").exists()  # rejected before any work

@@ -12,6 +12,7 @@ from collections import Counter
 import torch
 from PIL import Image
 
+from ..cli import USER_ERROR, report_user_error
 from ..grid import make_grid
 from .dataset import open_dataset
 from .images import BadSample, NoUsableSamples
@@ -116,7 +117,7 @@ def _check(args: argparse.Namespace) -> int:
             f"error: {args.path} has no usable image–caption sample at {args.resolution} px.",
             file=sys.stderr,
         )
-    return 0 if usable else 1
+    return 0 if usable else USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         _preview(args)
-    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, ImportError, OSError) as err:
+        return report_user_error(err)
     return 0
