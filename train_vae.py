@@ -30,10 +30,12 @@ from ldm.cli import option, run_command, save_config
 from ldm.training import (LR_SCHEDULES, CheckpointManager, StepBatchSampler, StopOnInterrupt,
                           TrainingProgress, average_gradients, check_finite, ema_weights, make_accelerator,
                           make_adamw, make_ema, make_lr_scheduler, sliced_randn, step_generator, stop_if_requested)
+from ldm.training.periodic import due
 
 logger = logging.getLogger("train_vae")
 
 DEFAULT_PRESET = "cpu-f4"  # used when none of --preset / --config / --pretrained is given
+CONFIG_FILE = "train_config.json"  # the same name as train_ldm.py's
 SAMPLE_IMAGES = 8  # held-out images in each reconstruction grid
 
 
@@ -64,10 +66,10 @@ class TrainVAEConfig:
     lpips_heads: Optional[str] = option(None, "LPIPS v0.1 linear-heads file (vgg.pth)")
     disc_start: int = option(50001, "step at which the PatchGAN loss switches on (CompVis KL configs: 50001)")
     disc_weight: float = option(0.5, "GAN weight on top of the adaptive weight; 0 turns the GAN off")
-    checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (and at the end)")
+    checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = option(2, "newest checkpoints to keep")
-    sample_every: int = option(500, "write a reconstruction grid every N steps (and at the end)")
-    val_every: int = option(500, "held-out PSNR / SSIM every N steps (and at the end)")
+    sample_every: int = option(500, "write a reconstruction grid every N steps (0: only at the end)")
+    val_every: int = option(500, "held-out PSNR / SSIM metrics every N steps (0: only at the end)")
     val_images: int = option(256, "held-out images used for validation")
     scaling_images: int = option(512, "training images used to measure scaling_factor")
     num_workers: int = option(0, "DataLoader worker processes")
@@ -81,10 +83,13 @@ class TrainVAEConfig:
             raise ValueError("give at most one of --preset, --config and --pretrained.")
         if (self.lpips_vgg is None) != (self.lpips_heads is None):
             raise ValueError("LPIPS needs both --lpips-vgg and --lpips-heads.")
-        for name in ("resolution", "max_steps", "batch_size", "grad_accum", "checkpoint_every",
-                     "sample_every", "val_every", "val_images", "scaling_images"):
+        for name in ("resolution", "max_steps", "batch_size", "grad_accum", "val_images", "scaling_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        for name in ("checkpoint_every", "sample_every", "val_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: only at the end), "
+                                 f"got {getattr(self, name)}.")
         if self.preset is None and self.config is None and self.pretrained is None:
             self.preset = DEFAULT_PRESET
 
@@ -104,7 +109,7 @@ def train(config: TrainVAEConfig) -> None:
                                    project_name="train_vae")
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if accelerator.is_main_process:
-        save_config(config, out / "config.json")
+        save_config(config, out / CONFIG_FILE)
 
     # --- data: center crops, no flips, so item i is the same image whenever it is read (exact resume)
     train_set, val_set = open_splits(config.data, resolution=config.resolution, val_images=config.val_images,
@@ -159,12 +164,12 @@ def train(config: TrainVAEConfig) -> None:
             step += 1
             progress.update(step, {**logs, "lr": schedulers[0].get_last_lr()[0]})
 
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
+            if due(step, config.checkpoint_every, last_step=config.max_steps):
                 checkpoints.save(accelerator, step)
-            if accelerator.is_main_process and (step % config.sample_every == 0 or step == config.max_steps):
+            if accelerator.is_main_process and due(step, config.sample_every, last_step=config.max_steps):
                 with ema_weights(ema, vae):
                     save_reconstruction_grid(vae, val_set, out / "samples" / f"step-{step:07d}.png")
-            if accelerator.is_main_process and (step % config.val_every == 0 or step == config.max_steps):
+            if accelerator.is_main_process and due(step, config.val_every, last_step=config.max_steps):
                 with ema_weights(ema, vae):
                     metrics = validate(vae, val_set, lpips=lpips, batch_size=config.batch_size)
                 accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
@@ -212,7 +217,7 @@ def accumulate_gradients(vae, loss_fn: AutoencoderLoss, pixel_values: torch.Tens
         loss, logs = loss_fn.generator_loss(pixel_values, reconstructions, posterior,
                                             last_layer=vae.decoder.conv_out.weight, global_step=step)
     # Reduced over processes, so every process stops at the same step and none waits in a collective.
-    check_finite(accelerator.reduce(loss.detach(), reduction="mean"), step, last_checkpoint=last_checkpoint)
+    check_finite(accelerator.reduce(loss.detach(), reduction="mean"), step + 1, last_checkpoint=last_checkpoint)
     accelerator.backward(loss)
     with accelerator.autocast():
         d_loss, d_logs = loss_fn.discriminator_loss(pixel_values, reconstructions, global_step=step)

@@ -97,7 +97,7 @@ def test_metrics_grid_and_config_are_written(straight_run):
     assert 0 < metrics["psnr"] < 60 and -1 <= metrics["ssim"] <= 1
     grids = sorted(p.name for p in (straight_run / "samples").iterdir())
     assert grids == ["step-0000002.png", "step-0000004.png"]
-    saved = json.loads((straight_run / "config.json").read_text())
+    saved = json.loads((straight_run / "train_config.json").read_text())
     assert saved["max_steps"] == 4 and saved["ema"] is True
     assert (straight_run / "checkpoints" / "latest").read_text().strip() == "step-4"
 
@@ -111,7 +111,8 @@ def test_non_finite_loss_stops_with_one_line_naming_step(vae_config, tmp_path, m
     monkeypatch.setattr(AutoencoderLoss, "generator_loss", poisoned)
     assert train_vae.main(_args(vae_config, tmp_path, "--max-steps", "6")) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: non-finite loss") and "step 3" in err and "step-2" in err
+    # the 4th step (global_step 3) went non-finite: "step 4", as its checkpoint would have been step-4
+    assert err.startswith("error: non-finite loss") and "at step 4" in err and "step-2" in err
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert not (tmp_path / "checkpoints" / "step-4").exists() and not (tmp_path / "vae").exists()
 
