@@ -1,4 +1,4 @@
-"""ldm/eval/metrics.py and ldm/eval/plot.py against hand computations."""
+"""ldm/eval/metrics.py against hand computations; ldm/eval/plot.py against the pixels its axes map to."""
 import dataclasses
 import itertools
 import math
@@ -159,13 +159,8 @@ def _png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
-def _expected_pixel(box, x, y, x_range, y_range):
-    """Independent linear map: points fill the box minus INSET pixels on each side, y grows upwards."""
-    x0, y0, x1, y1 = box
-    inner_w, inner_h = x1 - x0 - 2 * plot.INSET, y1 - y0 - 2 * plot.INSET
-    px = x0 + plot.INSET + (x - x_range[0]) / (x_range[1] - x_range[0]) * inner_w
-    py = y0 + plot.INSET + (1 - (y - y_range[0]) / (y_range[1] - y_range[0])) * inner_h
-    return round(px), round(py)
+def _rgb(hex_colour):
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
 def test_plot_writes_png_with_points_where_the_values_say(tmp_path):
@@ -175,23 +170,27 @@ def test_plot_writes_png_with_points_where_the_values_say(tmp_path):
     path = plot.plot_guidance_sweep(tmp_path / "sub" / "p.png", weights=weights, adherence_seen=seen,
                                     adherence_held_out=held_out, diversity=div, size=(800, 360))
     assert _png_size(path) == (800, 360)
-    image = Image.open(path).convert("RGB")
-    left, right = plot.panel_boxes(800, 360)
-    # the frame is drawn where panel_boxes says
-    assert image.getpixel((left[0], (left[1] + left[3]) // 2)) == plot.AXIS_COLOUR
-    assert image.getpixel((right[2], (right[1] + right[3]) // 2)) == plot.AXIS_COLOUR
-    series = [(left, seen, (0, 1), "seen"), (left, held_out, (0, 1), "held_out"),
-              (right, div, (0, 0.2), "diversity")]
-    for box, values, y_range, key in series:
+    saved = np.asarray(Image.open(path).convert("RGB"))
+    # The same figure, drawn again: its axes map data to pixels; every point's marker is in the saved PNG there.
+    fig = plot.guidance_sweep_figure(weights=weights, adherence_seen=seen, adherence_held_out=held_out,
+                                     diversity=div, size=(800, 360))
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert right.get_ylim()[1] == pytest.approx(0.2 * 1.03)
+    height = saved.shape[0]
+    series = [(left, seen, "seen"), (left, held_out, "held_out"), (right, div, "diversity")]
+    for ax, values, key in series:
         for w, v in zip(weights, values):
             if v is None:
                 continue
-            px, py = _expected_pixel(box, w, v, (0, 8), y_range)
-            assert image.getpixel((px, py)) == plot.SERIES_COLOURS[key], (key, w, v)
+            px, py = ax.transData.transform((w, v))
+            row, col = height - round(py), round(px)  # matplotlib's y grows upwards
+            assert tuple(saved[row, col]) == _rgb(plot.SERIES_COLOURS[key]), (key, w, v)
     # and nothing of the held-out colour where its missing w = 8 point would be
-    px, py = _expected_pixel(left, 8, 0.5, (0, 8), (0, 1))
-    patch = np.asarray(image)[py - 3:py + 4, px - 3:px + 4].reshape(-1, 3)
-    assert not (patch == plot.SERIES_COLOURS["held_out"]).all(axis=1).any()
+    px, py = left.transData.transform((8, 0.5))
+    patch = saved[height - round(py) - 3:height - round(py) + 4, round(px) - 3:round(px) + 4].reshape(-1, 3)
+    assert not (patch == _rgb(plot.SERIES_COLOURS["held_out"])).all(axis=1).any()
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["seen", "held-out"]
 
 
 def test_nice_ceiling_and_bad_input(tmp_path):
