@@ -24,16 +24,15 @@ from transformers import CLIPTokenizer
 
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
-from ldm.conditioning import drop_mask, drop_words, encode_input_ids, null_prompt_embeds, tokenize_prompts
 from ldm.data import open_dataset
 from ldm.grid import make_grid
-from ldm.latents import load_or_encode
-from ldm.objective import (diffusion_loss, make_noise_scheduler, min_snr_weights, sample_noise, snr,
-                           training_target)
+from ldm.latent_cache import load_or_encode
+from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
 from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
+from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.training.accelerator import average_gradients, make_accelerator
-from ldm.training.batches import global_batch_indices, local_slice, step_generator
+from ldm.training.batches import global_batch_indices, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
@@ -49,7 +48,6 @@ from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
 logger = logging.getLogger("train_ldm")
 
 CONFIG_FILE = "train_config.json"
-EMBED_CACHE_MAX_BYTES = 2 * 1024**3  # cache frozen-encoder embeddings per unique caption up to this size
 
 
 @dataclass
@@ -149,55 +147,6 @@ class TrainConfig:
         return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
 
 
-class CaptionEmbedder:
-    """Prompt embeddings `(b, L, D)` for dataset items, with conditioning dropout to the null condition.
-
-    Captions are tokenized once (`ldm.conditioning.tokenize_prompts`). A frozen encoder embeds each unique
-    caption once (if that fits in EMBED_CACHE_MAX_BYTES); a trainable one runs every step, and the null
-    embedding (`ldm.conditioning.null_prompt_embeds`, the sampler's ε(x) condition) is then recomputed with
-    gradients. Under caption word dropout the shortened captions are tokenized and encoded at each step.
-    """
-
-    def __init__(self, text_encoder, tokenizer, captions: list[str], *, trainable: bool):
-        self.text_encoder, self.tokenizer, self.trainable = text_encoder, tokenizer, trainable
-        unique = list(dict.fromkeys(captions))
-        self.unique_captions = unique
-        self.max_words = max(len(caption.split()) for caption in unique)  # columns of word-dropout draws
-        position = {caption: i for i, caption in enumerate(unique)}
-        self.caption_index = torch.tensor([position[c] for c in captions])  # (N,) → row of input_ids
-        self.input_ids = tokenize_prompts(tokenizer, unique)  # (U, L)
-        self.table, self.null = None, None
-        if trainable:
-            return
-        with torch.no_grad():
-            self.null = null_prompt_embeds(text_encoder, tokenizer)
-            table_bytes = len(unique) * self.null[0].numel() * self.null.element_size()
-            if table_bytes <= EMBED_CACHE_MAX_BYTES:
-                self.table = torch.cat([self._encode(ids) for ids in self.input_ids.split(256)])
-
-    def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return encode_input_ids(self.text_encoder, input_ids, pad_token_id=self.tokenizer.pad_token_id)
-
-    def __call__(self, indices: torch.Tensor, keep: torch.Tensor, word_draws: torch.Tensor | None = None,
-                 word_dropout: float = 0.0) -> torch.Tensor:
-        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition; word_draws:
-        (b, max_words) uniform draws for `ldm.conditioning.drop_words` at probability `word_dropout`
-        (None: whole captions)."""
-        rows = self.caption_index[indices]
-        if word_draws is not None:
-            captions = [self.unique_captions[row] for row in rows.tolist()]
-            captions = drop_words(captions, word_draws, word_dropout)
-            with torch.set_grad_enabled(self.trainable):
-                prompt_embeds = self._encode(tokenize_prompts(self.tokenizer, captions))
-        elif self.table is not None:
-            prompt_embeds = self.table[rows]
-        else:
-            with torch.set_grad_enabled(self.trainable):
-                prompt_embeds = self._encode(self.input_ids[rows])
-        null = self.null if self.null is not None else null_prompt_embeds(self.text_encoder, self.tokenizer)
-        return torch.where(keep[:, None, None].to(prompt_embeds.device), prompt_embeds, null)
-
-
 def learn_tokenizer(captions: list[str], *, out_dir: Path, vocab_size: int) -> None:
     """Learn a CLIP BPE tokenizer from `captions` into `out_dir`, with model_max_length cut to what they need.
 
@@ -242,38 +191,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
     return bnb.optim.AdamW8bit(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, config: TrainConfig,
-                    micro_step: int, scaling_factor: float, accelerator) -> torch.Tensor:
-    """The loss (scalar) of one micro-step on this process's slice of the global batch.
-
-    Every random draw comes from the micro-step's generator and covers the global batch, so the run does not
-    depend on the number of processes or on where it was resumed.
-    """
-    rank, world = accelerator.process_index, accelerator.num_processes
-    generator = step_generator(config.seed, micro_step)
-    indices = global_batch_indices(len(cache), config.batch_size * world, micro_step, config.seed)
-    latents = cache.sample(indices, scaling_factor=scaling_factor, generator=generator)
-    keep = ~drop_mask(len(indices), config.cond_dropout, generator)
-    noise = sample_noise(latents, offset_noise=config.offset_noise, generator=generator)
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
-    # Drawn last, and only when on, so that every other draw is the same with and without word dropout.
-    word_draws = (torch.rand(len(indices), embedder.max_words, generator=generator)
-                  if config.caption_word_dropout > 0 else None)
-    latents, noise, timesteps, keep, indices = (local_slice(t, rank, world)
-                                                for t in (latents, noise, timesteps, keep, indices))
-    latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
-    if word_draws is not None:
-        word_draws = local_slice(word_draws, rank, world)
-
-    prompt_embeds = embedder(indices, keep, word_draws, config.caption_word_dropout)
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    noise_pred = unet(noisy_latents, timesteps, prompt_embeds).sample
-    weights = min_snr_weights(snr(noise_scheduler, timesteps), gamma=config.min_snr_gamma,
-                              prediction_type=config.prediction_type, floor=config.snr_floor)
-    return diffusion_loss(noise_pred, training_target(noise_scheduler, latents, noise, timesteps), weights)
-
-
 @torch.no_grad()
 def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig, path: Path):
     """Sample the validation prompts with guidance into one captioned image grid saved at `path`."""
@@ -288,22 +205,6 @@ def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainC
     grid.save(path)
     logger.info("validation grid written to %s", path)
     return grid
-
-
-def backward_micro_steps(step: int, *, unet, config: TrainConfig, accelerator, **loss_inputs) -> torch.Tensor:
-    """Forward and backward over the `grad_accum` micro-steps of optimizer step `step` (0-based).
-
-    Returns the mean loss over micro-steps and processes (a scalar every process agrees on).
-    """
-    losses = []
-    for k in range(config.grad_accum):
-        sync = k == config.grad_accum - 1  # DDP all-reduces the gradients on the last micro-step only
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(unet)), accelerator.autocast():
-            loss = micro_step_loss(unet=unet, config=config, accelerator=accelerator,
-                                   micro_step=step * config.grad_accum + k, **loss_inputs)
-        accelerator.backward(loss / config.grad_accum)
-        losses.append(loss.detach())
-    return accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
 
 
 def _due(step: int, every: int) -> bool:
@@ -348,7 +249,7 @@ def train(config: TrainConfig) -> Path:
                                            zero_terminal_snr=config.zero_terminal_snr,
                                            num_train_timesteps=config.num_train_timesteps)
     sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
-    embedder = CaptionEmbedder(text_encoder, tokenizer, cache.captions, trainable=train_text)
+    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.captions)
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
     # the null prompt), so its gradients are averaged by hand.
@@ -375,15 +276,27 @@ def train(config: TrainConfig) -> Path:
                 model.train(), text_encoder.train(train_text)
         accelerator.wait_for_everyone()
 
+    max_words = cache.max_words  # columns of the word-dropout draws: fixed for the run
+
+    def loss_of(micro_step: int) -> torch.Tensor:
+        indices = global_batch_indices(len(cache), config.batch_size * accelerator.num_processes, micro_step,
+                                       config.seed)
+        return micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
+                               indices=indices, generator=step_generator(config.seed, micro_step),
+                               rank=accelerator.process_index, world_size=accelerator.num_processes,
+                               device=accelerator.device, scaling_factor=vae.config.scaling_factor,
+                               cond_dropout=config.cond_dropout, caption_word_dropout=config.caption_word_dropout,
+                               max_words=max_words, offset_noise=config.offset_noise,
+                               min_snr_gamma=config.min_snr_gamma, snr_floor=config.snr_floor)
+
     # Training loop. Closing the progress bar also on errors puts an error message on a line of its own.
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
     stop = StopOnInterrupt(enabled=accelerator.num_processes == 1)
     with stop, contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
                                                    global_batch_size=global_batch)) as progress:
         for step in range(start, config.max_steps):
-            loss = backward_micro_steps(step, unet=unet, config=config, accelerator=accelerator,
-                                        embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
-                                        scaling_factor=vae.config.scaling_factor)
+            loss = backward_micro_steps(step, unet=unet, accelerator=accelerator, grad_accum=config.grad_accum,
+                                        loss_of=loss_of)
             check_finite(loss, step + 1, last_checkpoint=checkpoints.last_saved)
             if train_text:
                 average_gradients(text_encoder.parameters(), accelerator)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from ldm.conditioning import encode_prompt
 from ldm.data import shapes
-from ldm.latents import CACHE_FILE, CAPTIONS_FILE, LatentCache
+from ldm.latent_cache import CACHE_FILE, CAPTIONS_FILE, LatentCache
 from ldm.objective import training_target
 from pipelines.folder import load_pipeline
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import quickstart
-from ldm.latents import CACHE_FILE, CAPTIONS_FILE
+from ldm.latent_cache import CACHE_FILE, CAPTIONS_FILE
 
 
 def apply_changes(argv: list[str], changes: list[str]) -> list[str]:

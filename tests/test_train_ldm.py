@@ -12,7 +12,6 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import train_ldm
-from ldm.conditioning import encode_prompt, null_prompt_embeds
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -112,41 +111,6 @@ def test_stock_pipeline_loads_and_generates(parts, tmp_path):
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
-
-
-def test_frozen_caption_embeddings_match_encode_prompt(tmp_path):
-    """Cached caption embeddings equal ldm.conditioning.encode_prompt; dropped rows equal the null prompt."""
-    tokenizer = tiny_tokenizer(tmp_path)
-    text_encoder = tiny_text_encoder(tokenizer)
-    captions = ["a red circle", "a blue square", "a red circle", "the left triangle"]
-    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=False)
-    assert embedder.table.shape[0] == 3  # one row per unique caption
-    indices, keep = torch.tensor([3, 0, 2]), torch.tensor([True, False, True])
-    with torch.no_grad():
-        expected = encode_prompt(text_encoder, tokenizer, [captions[3], "", captions[2]])
-        null = null_prompt_embeds(text_encoder, tokenizer)
-    got = embedder(indices, keep)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got[1:2], null)
-
-
-@pytest.mark.parametrize("trainable", [False, True])
-def test_caption_word_dropout_embeds_the_shortened_captions(tmp_path, trainable):
-    """Under word dropout each row is encode_prompt of its caption less the drawn words (the null prompt for
-    dropped rows); draws all >= p give the whole captions, as without word dropout."""
-    tokenizer = tiny_tokenizer(tmp_path)
-    text_encoder = tiny_text_encoder(tokenizer)
-    captions = ["a red circle on the left", "a blue square", "a red circle on the left"]
-    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=trainable)
-    assert embedder.max_words == 6
-    indices, keep = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
-    draws = torch.tensor([[0.9, 0.1, 0.9, 0.9, 0.9, 0.1], [0.1, 0.9, 0.9, 0.9, 0.9, 0.9], [0.1] * 6])
-    with torch.no_grad():
-        expected = encode_prompt(text_encoder, tokenizer, ["a circle on the", "blue square", ""])
-        whole = encode_prompt(text_encoder, tokenizer, captions[:2] + [""])
-    torch.testing.assert_close(embedder(indices, keep, draws, 0.5), expected)
-    torch.testing.assert_close(embedder(indices, keep, torch.ones(3, 6) * 0.6, 0.5), whole)
-    torch.testing.assert_close(embedder(indices, keep), whole)
 
 
 def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):

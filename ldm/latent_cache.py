@@ -44,6 +44,22 @@ class LatentCache:
     def __len__(self) -> int:
         return self.mean.shape[0]
 
+    @property
+    def max_words(self) -> int:
+        """The most words in a caption (the columns of caption word-dropout draws)."""
+        return max(len(caption.split()) for caption in self.captions)
+
+    def latent_shape(self, index: int) -> tuple[int, int, int]:
+        """(C, h, w) of item `index` (the same for every item here)."""
+        return tuple(self.mean.shape[1:])
+
+    def posterior(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of q(z|x) for `indices`: float32 (len(indices), C, h, w)."""
+        return self.mean[indices], self.std[indices]
+
+    def captions_of(self, indices: torch.Tensor) -> list[str]:
+        return [self.captions[i] for i in indices.tolist()]
+
     def sample(self, indices: torch.Tensor, *, scaling_factor: float,
                generator: torch.Generator) -> torch.Tensor:
         """A fresh latent per index: (len(indices), C, h, w) = (mean + std · ε) · scaling_factor, ε ~ N(0, I).

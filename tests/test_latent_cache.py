@@ -1,7 +1,7 @@
-"""ldm/latents.py: cached posterior statistics against direct VAE encodes; cache reuse and invalidation."""
+"""ldm/latent_cache.py: cached posterior statistics against direct VAE encodes; cache reuse and invalidation."""
 import torch
 
-from ldm.latents import CACHE_FILE, load_or_encode
+from ldm.latent_cache import CACHE_FILE, load_or_encode
 from tiny_components import tiny_vae
 
 
