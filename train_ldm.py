@@ -15,8 +15,10 @@ import logging
 import math
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from accelerate.utils import set_seed
@@ -26,7 +28,9 @@ from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
 from ldm.data import open_dataset
 from ldm.grid import make_grid
-from ldm.latent_cache import load_or_encode
+from ldm.encode_shards import build_latent_cache, cache_source, shard_cache_key
+from ldm.latent_cache import vae_weights_hash
+from ldm.latent_shards import CACHE_DTYPES, ShardedLatentCache
 from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
 from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
@@ -54,12 +58,20 @@ CONFIG_FILE = "train_config.json"
 class TrainConfig:
     """Train a text-to-image latent diffusion U-Net (stage 2) in a frozen VAE's latent space."""
 
-    data: str = option("", "training data: 'shapes', 'emoji', an image folder, tar shards or an HF dataset")
+    data: str = option("", "training data: 'shapes', 'emoji', an image folder, tar shards or an HF dataset "
+                           "(optional with a finished --latent-cache)")
     vae: str = option("", "the stage-1 VAE folder (train_vae.py output) or a pipeline folder with vae/")
     output_dir: str = option("", "where the pipeline folder, checkpoints, logs and samples go")
     data_size: int | None = option(None, "number of items to use (procedural sources: how many to render)")
     caption_column: str = option("text", "caption column for metadata / HF datasets")
     resolution: int = option(32, "image side in pixels (latents are resolution / VAE factor)")
+    # Latent cache (ldm.latent_shards): on disk, every process encoding its share.
+    latent_cache: str | None = option(None, "latent cache folder: one built by `ldm-data cache` to train from "
+                                            "(then --data may be left out), or where to build it; default "
+                                            "OUTPUT_DIR/latent_cache")
+    cache_dtype: str = option("float16", "storage of the cached posterior mean and std",
+                              choices=tuple(CACHE_DTYPES))
+    encode_workers: int = option(2, "DataLoader workers per process decoding images while the cache is encoded")
     # Text side: from scratch (tokenizer learned from the captions) unless --text-encoder is given.
     text_encoder: str | None = option(None, "pretrained CLIP text encoder (transformers/SD pipeline folder)")
     train_text_encoder: bool = option(False, "also train a pretrained --text-encoder (from scratch: always)")
@@ -112,7 +124,7 @@ class TrainConfig:
     seed: int = option(0, "seed for initialisation, data order and every per-step random draw")
 
     def __post_init__(self):
-        for name in ("data", "vae", "output_dir"):
+        for name in ("vae", "output_dir") if self.latent_cache else ("data", "vae", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required.")
         chosen = [name for name in ("preset", "config", "pretrained") if getattr(self, name)]
@@ -129,6 +141,8 @@ class TrainConfig:
                              f"{self.norm_num_groups}.")
         if not 0.0 <= self.caption_word_dropout < 1.0:
             raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
+        if self.encode_workers < 0:
+            raise ValueError(f"--encode-workers must be at least 0, got {self.encode_workers}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
@@ -147,21 +161,23 @@ class TrainConfig:
         return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
 
 
-def learn_tokenizer(captions: list[str], *, out_dir: Path, vocab_size: int) -> None:
-    """Learn a CLIP BPE tokenizer from `captions` into `out_dir`, with model_max_length cut to what they need.
+def learn_tokenizer(captions: Iterable[str], *, out_dir: Path, vocab_size: int) -> None:
+    """Learn a CLIP BPE tokenizer from `captions` (read once) into `out_dir`, with model_max_length cut to what
+    they need. Holds each distinct caption once, with its count.
 
     The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
     shorter sequences make the text encoder and every cross-attention cheaper.
     """
     shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
-    tokenizer = train_clip_tokenizer(captions, out_dir=out_dir, vocab_size=vocab_size,
+    counts = Counter(captions)
+    tokenizer = train_clip_tokenizer(counts.elements(), out_dir=out_dir, vocab_size=vocab_size,
                                      model_max_length=CLIP_MAX_LENGTH)
-    longest = max(len(ids) for ids in tokenizer(list(dict.fromkeys(captions))).input_ids)
+    longest = max(len(ids) for ids in tokenizer(list(counts)).input_ids)
     tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
     tokenizer.save_pretrained(str(out_dir))
 
 
-def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, accelerator):
+def load_text_side(config: TrainConfig, captions: Iterable[str], output_dir: Path, accelerator):
     """(text_encoder, tokenizer, trainable): pretrained from --text-encoder, or learned from the captions."""
     if config.text_encoder:
         text_encoder, tokenizer = load_text_encoder(config.text_encoder)
@@ -172,14 +188,34 @@ def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, a
             if accelerator.is_main_process and not config.resume:
                 learn_tokenizer(captions, out_dir=tokenizer_dir, vocab_size=config.tokenizer_vocab_size)
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-        # Re-seed: encoding the data (main process only, and only without a cache) draws from the global RNG,
-        # and every process must start from the same weights.
+        # Re-seed: encoding the data (only without a finished cache) draws from the global RNG, and every
+        # process must start from the same weights.
         set_seed(config.seed)
         text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config.text_preset)
         trainable = True
     text_encoder.requires_grad_(trainable)
     text_encoder.train(trainable)
     return text_encoder, tokenizer, trainable
+
+
+def open_latent_cache(config: TrainConfig, vae, output_dir: Path, accelerator) -> ShardedLatentCache:
+    """The latent cache of `config`: built (or resumed, or reused) from --data into --latent-cache or
+    OUTPUT_DIR/latent_cache; without --data, the finished --latent-cache as it is, checked against --vae."""
+    cache_dir = Path(config.latent_cache) if config.latent_cache else output_dir / "latent_cache"
+    if not config.data:
+        cache = ShardedLatentCache(cache_dir)
+        if cache.key["vae"] != vae_weights_hash(vae):
+            raise ValueError(f"{cache_dir} was encoded with another VAE than --vae {config.vae}; rebuild it "
+                             f"with `ldm-data cache ... --vae {config.vae}`.")
+        return cache
+    dataset = open_dataset(config.data, resolution=config.resolution, crop="center",
+                           caption_column=config.caption_column, size=config.data_size)
+    key = shard_cache_key(source=cache_source(config.data, size=config.data_size,
+                                              caption_column=config.caption_column),
+                          resolution=str(config.resolution), vae=vae, dtype=config.cache_dtype)
+    return build_latent_cache(vae, dataset, cache_dir=cache_dir, key=key, rank=accelerator.process_index,
+                              world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
+                              num_workers=config.encode_workers, device=accelerator.device)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -221,23 +257,19 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         save_config(config, output_dir / CONFIG_FILE)
 
-    # Frozen VAE → latent cache (encoded once by the main process, read by the others).
+    # Frozen VAE → on-disk latent cache (every process encodes its share), or one built by `ldm-data cache`.
     vae = build_vae(pretrained=config.vae).to(accelerator.device).requires_grad_(False).eval()
-    with accelerator.main_process_first():
-        dataset = open_dataset(config.data, resolution=config.resolution, crop="center",
-                               caption_column=config.caption_column, size=config.data_size)
-        source = f"{config.data}|size={config.data_size}|captions={config.caption_column}"
-        cache = load_or_encode(vae, dataset, cache_dir=output_dir, source=source,
-                               resolution=config.resolution, device=accelerator.device)
+    cache = open_latent_cache(config, vae, output_dir, accelerator)
+    resolution = int(cache.key["resolution"])
 
     # Text encoder, U-Net and noise schedule.
-    text_encoder, tokenizer, train_text = load_text_side(config, cache.captions, output_dir, accelerator)
+    text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions(), output_dir, accelerator)
     text_encoder.to(accelerator.device)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
                       cross_attention_dim=text_encoder.config.hidden_size,
-                      sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels,
+                      sample_size=resolution // vae_factor, in_channels=vae.config.latent_channels,
                       norm_num_groups=config.norm_num_groups)
     logger.info("attention: %s", set_attention(unet, config.attention, accelerator.device))
     if config.gradient_checkpointing:
@@ -249,7 +281,7 @@ def train(config: TrainConfig) -> Path:
                                            zero_terminal_snr=config.zero_terminal_snr,
                                            num_train_timesteps=config.num_train_timesteps)
     sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
-    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.captions)
+    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.iter_captions())
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
     # the null prompt), so its gradients are averaged by hand.

@@ -1,4 +1,5 @@
-"""`ldm-data`: check a data source for bad samples, or preview what the model sees after transforms."""
+"""`ldm-data`: check a data source for bad samples, preview what the model sees after transforms, or encode it
+into an on-disk latent cache (`ldm-data cache`, also under `accelerate launch`)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--crop", default="center", choices=("center", "random"))
     preview.add_argument("--random-flip", action="store_true", help="apply the caption-aware random flip")
     _common(preview)
+    _add_cache_parser(commands)
     return parser
+
+
+def _add_cache_parser(commands) -> None:
+    cache = commands.add_parser("cache", help="encode a data source with a frozen VAE into an on-disk latent cache "
+                                              "(every process of `accelerate launch` encodes its share)")
+    cache.add_argument("source", help="data source: a path, tar shards, or a built-in name such as shapes")
+    cache.add_argument("--vae", required=True, help="the stage-1 VAE folder (train_vae.py output's vae/)")
+    cache.add_argument("--out", required=True, help="cache folder; pass it to train_ldm.py --latent-cache")
+    cache.add_argument("--size", type=int, default=None, help="number of items to use (as train_ldm --data-size)")
+    cache.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                       help="storage of the posterior mean and std")
+    cache.add_argument("--batch-size", type=int, default=32, help="images per VAE encode")
+    cache.add_argument("--workers", type=int, default=2, help="DataLoader workers per process decoding images")
+    cache.add_argument("--chunk-size", type=int, default=None, help="items per chunk file of a map-style source "
+                                                                    "(default 1024); tar shards: one chunk each")
+    _common(cache)
 
 
 def _open(args: argparse.Namespace, source: str, **extra) -> torch.utils.data.Dataset:
@@ -125,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "cache":
+            from .cache_command import run_cache
+
+            return run_cache(args)
         _preview(args)
     except (ValueError, FileNotFoundError, ImportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

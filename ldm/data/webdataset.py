@@ -125,7 +125,15 @@ class TarShardDataset(torch.utils.data.IterableDataset):
                 position += 1
 
     def __iter__(self) -> Iterator[dict]:
-        for key, files in self._assigned():
+        return self._items(self._assigned())
+
+    def shard_items(self, path: Path) -> Iterator[dict]:
+        """Every usable item of the one shard `path`, in tar order, whoever the consumer is (the latent cache
+        gives each process whole shards); bad samples are counted in `skipped`."""
+        return self._items(_read_samples(path, self.skipped))
+
+    def _items(self, samples: Iterator[tuple[str, dict[str, bytes]]]) -> Iterator[dict]:
+        for key, files in samples:
             try:
                 image, caption = _decode_sample(files, self.resolution)
             except BadSample as bad:
