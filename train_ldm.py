@@ -30,7 +30,7 @@ from ldm.data import open_dataset
 from ldm.grid import make_grid
 from ldm.encode_shards import build_latent_cache, cache_source, shard_cache_key
 from ldm.latent_cache import vae_weights_hash
-from ldm.latent_shards import CACHE_DTYPES, ShardedLatentCache
+from ldm.latent_shards import CACHE_DTYPES, TRAINING_CACHE_DIR, ShardedLatentCache
 from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
 from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
@@ -201,7 +201,7 @@ def load_text_side(config: TrainConfig, captions: Iterable[str], output_dir: Pat
 def open_latent_cache(config: TrainConfig, vae, output_dir: Path, accelerator) -> ShardedLatentCache:
     """The latent cache of `config`: built (or resumed, or reused) from --data into --latent-cache or
     OUTPUT_DIR/latent_cache; without --data, the finished --latent-cache as it is, checked against --vae."""
-    cache_dir = Path(config.latent_cache) if config.latent_cache else output_dir / "latent_cache"
+    cache_dir = Path(config.latent_cache) if config.latent_cache else output_dir / TRAINING_CACHE_DIR
     if not config.data:
         cache = ShardedLatentCache(cache_dir)
         if cache.key["vae"] != vae_weights_hash(vae):

@@ -143,6 +143,8 @@ def encode_chunks(vae, dataset, *, cache_dir: Path, key: dict[str, str], rank: i
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 32, num_workers: int = 0,
                   device: str | torch.device = "cpu") -> int:
     """Encode this process's missing chunks into `cache_dir`; return the number of chunks of the data set."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     total = _num_chunks(dataset, chunk_size)
     mine = [c for c in range(rank, total, world_size) if not chunk_is_done(cache_dir / chunk_name(c), key)]
     logger.info("process %d: %d of its %d latent-cache chunks to encode", rank, len(mine),

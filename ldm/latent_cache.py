@@ -1,33 +1,22 @@
-"""Latent cache: encode a dataset once with the frozen VAE, then draw a fresh latent per training step.
+"""Latent cache in memory: the posterior of every image of a small data set, and the VAE weights hash that keys
+every latent cache.
 
 The VAE is frozen during stage 2, so encoding every image every step (as the diffusers examples do) repeats
 the same work. We keep the posterior q(z|x) = N(mean, std²) of every image instead and draw
 `latents = (mean + std * noise) * vae.config.scaling_factor` each step, which is exactly what
 `vae.encode(x).latent_dist.sample() * scaling_factor` would give, minus the encoder.
 
-The cache is written to `<dir>/latent_cache.safetensors` (mean, std) plus `<dir>/latent_cache_captions.json`,
-both tagged with a key (data source, resolution, VAE weights hash); a later run with the same key reuses it,
-any change re-encodes. Augmentation is therefore fixed at encode time (use `crop="center"`).
+Training keeps this on disk instead (ldm/latent_shards.py, built by ldm/encode_shards.py), so that memory does
+not grow with the data; the in-memory form serves the benchmarks that compare against it and encode small
+evaluation sets.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-
-logger = logging.getLogger(__name__)
-
-CACHE_FILE = "latent_cache.safetensors"
-CAPTIONS_FILE = "latent_cache_captions.json"
-CACHE_VERSION = "1"  # bump when the stored layout changes, so old caches are re-encoded
 
 
 @dataclass
@@ -80,12 +69,6 @@ def vae_weights_hash(vae: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(*, source: str, resolution: int, vae: torch.nn.Module) -> dict[str, str]:
-    """What a cache depends on; any change invalidates it."""
-    return {"version": CACHE_VERSION, "source": str(source), "resolution": str(resolution),
-            "vae": vae_weights_hash(vae)}
-
-
 @torch.no_grad()
 def encode_dataset(vae, dataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
                    num_workers: int = 0) -> LatentCache:
@@ -107,46 +90,3 @@ def encode_dataset(vae, dataset, *, batch_size: int = 32, device: str | torch.de
     # than after a reload from disk, which would break bit-exact resume.
     mean, std = torch.cat(means).contiguous(), torch.cat(stds).contiguous()
     return LatentCache(mean=mean, std=std, captions=list(captions))
-
-
-def save_cache(cache: LatentCache, cache_dir: str | Path, *, key: dict[str, str]) -> None:
-    """Write both files atomically (temporary name, then rename), tagged with `key`."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_tensors, tmp_captions = cache_dir / (CACHE_FILE + ".tmp"), cache_dir / (CAPTIONS_FILE + ".tmp")
-    tensors = {"mean": cache.mean.contiguous(), "std": cache.std.contiguous()}
-    save_file(tensors, str(tmp_tensors), metadata=key)
-    tmp_captions.write_text(json.dumps({"key": key, "captions": cache.captions}))
-    os.replace(tmp_captions, cache_dir / CAPTIONS_FILE)
-    os.replace(tmp_tensors, cache_dir / CACHE_FILE)
-
-
-def load_cache(cache_dir: str | Path, *, key: dict[str, str]) -> LatentCache | None:
-    """The cache in `cache_dir` if both files exist and carry `key`; None otherwise."""
-    tensors_path, captions_path = Path(cache_dir) / CACHE_FILE, Path(cache_dir) / CAPTIONS_FILE
-    if not (tensors_path.is_file() and captions_path.is_file()):
-        return None
-    with safe_open(str(tensors_path), framework="pt") as handle:
-        if handle.metadata() != key:
-            return None
-    stored = json.loads(captions_path.read_text())
-    if stored.get("key") != key:
-        return None
-    tensors = load_file(str(tensors_path))
-    if len(stored["captions"]) != tensors["mean"].shape[0]:
-        return None
-    return LatentCache(mean=tensors["mean"], std=tensors["std"], captions=stored["captions"])
-
-
-def load_or_encode(vae, dataset, *, cache_dir: str | Path, source: str, resolution: int, batch_size: int = 32,
-                   device: str | torch.device = "cpu") -> LatentCache:
-    """The cache in `cache_dir` if its key (source, resolution, VAE weights) matches; else encode, save it."""
-    key = cache_key(source=source, resolution=resolution, vae=vae)
-    cache = load_cache(cache_dir, key=key)
-    if cache is not None:
-        logger.info("Reusing latent cache in %s (%d images).", cache_dir, len(cache))
-        return cache
-    logger.info("Encoding the dataset with the frozen VAE into %s.", cache_dir)
-    cache = encode_dataset(vae, dataset, batch_size=batch_size, device=device)
-    save_cache(cache, cache_dir, key=key)
-    return cache

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 MANIFEST = "cache.json"
+TRAINING_CACHE_DIR = "latent_cache"  # train_ldm.py's cache folder inside its output folder, unless given
 CACHE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _NUMPY = {"F16": np.float16, "F32": np.float32, "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
 MAX_OPEN_CHUNKS = 256  # memory maps kept open at once (one file descriptor each)
@@ -178,6 +179,12 @@ class ShardedLatentCache:
             mean[selected] = opened.arrays[f"mean.{name}"][rows]
             std[selected] = opened.arrays[f"std.{name}"][rows]
         return torch.from_numpy(mean), torch.from_numpy(std)
+
+    def sample(self, indices: torch.Tensor, *, scaling_factor: float, generator: torch.Generator) -> torch.Tensor:
+        """A fresh latent per index (one bucket): (mean + std · ε) · scaling_factor, ε ~ N(0, I) drawn on the CPU
+        from `generator` (as `ldm.latent_cache.LatentCache.sample`)."""
+        mean, std = self.posterior(indices)
+        return (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
 
     def captions_of(self, indices: torch.Tensor) -> list[str]:
         chunks, positions = self._locate(indices)
