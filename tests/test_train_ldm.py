@@ -12,6 +12,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import train_ldm
+from ldm.data import cli as data_cli
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -111,6 +112,29 @@ def test_stock_pipeline_loads_and_generates(parts, tmp_path):
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
+
+
+def test_trains_from_a_cache_built_ahead_of_time(parts, tmp_path, capsys):
+    """`ldm-data cache` then `--latent-cache` without --data trains exactly as --data does (same key, same
+    cache); a cache encoded with another VAE is refused in one line."""
+    cache = tmp_path / "cache"
+    assert data_cli.main(["cache", "shapes", "--size", "16", "--resolution", "32", "--vae", str(parts / "vae"),
+                          "--out", str(cache), "--workers", "0"]) == 0
+    args = _args(parts, tmp_path / "from_cache", "--max-steps", "2", "--latent-cache", str(cache))
+    del args[args.index("--data"):args.index("--data") + 4]  # neither --data nor --data-size
+    assert train_ldm.main(args) == 0
+    assert not (tmp_path / "from_cache" / "latent_cache").exists()
+    assert train_ldm.main(_args(parts, tmp_path / "from_data", "--max-steps", "2")) == 0
+    skip_bitwise_comparison_on_cuda()
+    from_cache, from_data = _weights(tmp_path / "from_cache"), _weights(tmp_path / "from_data")
+    assert all(torch.equal(from_cache[key], from_data[key]) for key in from_data)
+    other_vae = tmp_path / "other_vae"
+    tiny_vae(seed=1).save_pretrained(other_vae)
+    args[args.index("--vae") + 1] = str(other_vae)
+    capsys.readouterr()
+    assert train_ldm.main(args) == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "another VAE" in err[0]
 
 
 def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):
