@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from accelerate.utils import set_seed
 from transformers import CLIPTokenizer
@@ -27,6 +28,7 @@ from transformers import CLIPTokenizer
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
 from ldm.data import open_dataset
+from ldm.data.buckets import BucketSpec, default_spec
 from ldm.grid import make_grid
 from ldm.encode_shards import build_latent_cache, cache_source, shard_cache_key
 from ldm.latent_cache import vae_weights_hash
@@ -36,7 +38,7 @@ from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text
 from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
 from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.training.accelerator import average_gradients, make_accelerator
-from ldm.training.batches import global_batch_indices, step_generator
+from ldm.training.batches import BucketBatches, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.config import option, run_command, save_config
 from ldm.training.ema import ema_weights, make_ema
@@ -72,6 +74,13 @@ class TrainConfig:
     cache_dtype: str = option("float16", "storage of the cached posterior mean and std",
                               choices=tuple(CACHE_DTYPES))
     encode_workers: int = option(2, "DataLoader workers per process decoding images while the cache is encoded")
+    # Aspect-ratio buckets (kohya's names): every batch from one bucket of about resolution² pixels.
+    buckets: bool = option(False, "resize each image to the aspect-ratio bucket nearest its own instead of a "
+                                  "centre square (square-only is the default)")
+    min_bucket_reso: int | None = option(None, "smallest bucket side in pixels (default resolution / 2)")
+    max_bucket_reso: int | None = option(None, "largest bucket side in pixels (default 2 x resolution)")
+    bucket_step: int | None = option(None, "bucket sides are multiples of this (default resolution / 8, at "
+                                           "least 8); latents must stay divisible by the U-Net's downsampling")
     # Text side: from scratch (tokenizer learned from the captions) unless --text-encoder is given.
     text_encoder: str | None = option(None, "pretrained CLIP text encoder (transformers/SD pipeline folder)")
     train_text_encoder: bool = option(False, "also train a pretrained --text-encoder (from scratch: always)")
@@ -141,6 +150,8 @@ class TrainConfig:
                              f"{self.norm_num_groups}.")
         if not 0.0 <= self.caption_word_dropout < 1.0:
             raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
+        if self.buckets:
+            self.bucket_spec  # noqa: B018 — validates the bucket options
         if self.encode_workers < 0:
             raise ValueError(f"--encode-workers must be at least 0, got {self.encode_workers}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
@@ -155,6 +166,13 @@ class TrainConfig:
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
+
+    @property
+    def bucket_spec(self) -> BucketSpec | None:
+        if not self.buckets:
+            return None
+        return default_spec(self.resolution, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso,
+                            step=self.bucket_step)
 
     @property
     def prompts(self) -> list[str]:
@@ -208,14 +226,38 @@ def open_latent_cache(config: TrainConfig, vae, output_dir: Path, accelerator) -
             raise ValueError(f"{cache_dir} was encoded with another VAE than --vae {config.vae}; rebuild it "
                              f"with `ldm-data cache ... --vae {config.vae}`.")
         return cache
-    dataset = open_dataset(config.data, resolution=config.resolution, crop="center",
+    spec = config.bucket_spec
+    dataset = open_dataset(config.data, resolution=config.resolution, crop="center", buckets=spec,
                            caption_column=config.caption_column, size=config.data_size)
     key = shard_cache_key(source=cache_source(config.data, size=config.data_size,
                                               caption_column=config.caption_column),
-                          resolution=str(config.resolution), vae=vae, dtype=config.cache_dtype)
+                          resolution=config.resolution, vae=vae, dtype=config.cache_dtype,
+                          buckets=spec.key if spec else "")
     return build_latent_cache(vae, dataset, cache_dir=cache_dir, key=key, rank=accelerator.process_index,
                               world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
                               num_workers=config.encode_workers, device=accelerator.device)
+
+
+def _width(bucket: tuple[tuple[int, int], int]) -> tuple[int, int]:
+    (height, width), _ = bucket
+    return width, height
+
+
+def bucket_batches(cache: ShardedLatentCache, *, unet, vae_factor: int, global_batch_size: int,
+                   seed: int) -> BucketBatches:
+    """The batch schedule over the cache's buckets (one bucket: the plain shuffled order); logs the images per
+    bucket and checks every bucket's latents fit the U-Net's downsampling."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    sizes = {tuple(int(side) for side in name.split("x")): count for name, count in cache.bucket_sizes.items()}
+    for (height, width), count in sizes.items():
+        if height % factor or width % factor:
+            raise ValueError(f"bucket {width * vae_factor}x{height * vae_factor} px gives latents not divisible "
+                             f"by the U-Net's downsampling {factor}; use a --bucket-step that is a multiple of "
+                             f"{factor * vae_factor}.")
+    logger.info("images per bucket (width x height px): %s", ", ".join(
+        f"{w * vae_factor}x{h * vae_factor}: {count}" for (h, w), count in sorted(sizes.items(), key=_width)))
+    items = [np.arange(len(cache))] if len(sizes) == 1 else list(cache.bucket_items().values())
+    return BucketBatches(items, global_batch_size=global_batch_size, seed=seed)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -309,10 +351,11 @@ def train(config: TrainConfig) -> Path:
         accelerator.wait_for_everyone()
 
     max_words = cache.max_words  # columns of the word-dropout draws: fixed for the run
+    batches = bucket_batches(cache, unet=accelerator.unwrap_model(unet), vae_factor=vae_factor, seed=config.seed,
+                             global_batch_size=config.batch_size * accelerator.num_processes)
 
     def loss_of(micro_step: int) -> torch.Tensor:
-        indices = global_batch_indices(len(cache), config.batch_size * accelerator.num_processes, micro_step,
-                                       config.seed)
+        indices = batches.indices(micro_step)
         return micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
                                indices=indices, generator=step_generator(config.seed, micro_step),
                                rank=accelerator.process_index, world_size=accelerator.num_processes,

@@ -33,10 +33,10 @@ def cache_source(data: str, *, size: int | None, caption_column: str) -> str:
     return f"{data}|size={size}|captions={caption_column}"
 
 
-def shard_cache_key(*, source: str, resolution: str, vae: torch.nn.Module, dtype: str = "float16",
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, str]:
-    """What a cache depends on; any change re-encodes. `resolution`: the side, or the bucket list."""
-    return {"version": CACHE_VERSION, "source": str(source), "resolution": str(resolution),
+def shard_cache_key(*, source: str, resolution: int, vae: torch.nn.Module, dtype: str = "float16",
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, buckets: str = "") -> dict[str, str]:
+    """What a cache depends on; any change re-encodes. `buckets`: `BucketSpec.key`, or "" for squares."""
+    return {"version": CACHE_VERSION, "source": str(source), "resolution": str(resolution), "buckets": buckets,
             "vae": vae_weights_hash(vae), "dtype": dtype, "chunk_size": str(chunk_size)}
 
 

@@ -17,6 +17,7 @@ from autoencoder.presets import build_vae
 
 from ..encode_shards import DEFAULT_CHUNK_SIZE, build_latent_cache, cache_source, shard_cache_key
 from ..latent_shards import chunk_name
+from .buckets import bucket_spec
 from .dataset import open_dataset
 
 
@@ -36,13 +37,15 @@ def run_cache(args: argparse.Namespace) -> int:
     _check_numbers(args)
     logging.getLogger("ldm").setLevel(logging.INFO)
     out = Path(args.out)
-    dataset = open_dataset(args.source, resolution=args.resolution, split=args.split,
+    spec = bucket_spec(args)
+    dataset = open_dataset(args.source, resolution=args.resolution, split=args.split, buckets=spec,
                            caption_column=args.caption_column, caption_ext=args.caption_ext, size=args.size)
     accelerator = make_accelerator(output_dir=out, log_with=None)
     vae = build_vae(pretrained=args.vae).to(accelerator.device).requires_grad_(False).eval()
     chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     key = shard_cache_key(source=cache_source(args.source, size=args.size, caption_column=args.caption_column),
-                          resolution=str(args.resolution), vae=vae, dtype=args.dtype, chunk_size=chunk_size)
+                          resolution=args.resolution, vae=vae, dtype=args.dtype, chunk_size=chunk_size,
+                          buckets=spec.key if spec else "")
     with torch.no_grad():
         cache = build_latent_cache(vae, dataset, cache_dir=out, key=key, rank=accelerator.process_index,
                                    world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
