@@ -150,8 +150,9 @@ class TrainConfig:
                              f"{self.norm_num_groups}.")
         if not 0.0 <= self.caption_word_dropout < 1.0:
             raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
-        if self.buckets:
-            self.bucket_spec  # noqa: B018 — validates the bucket options
+        # A bad bucket option raises its one-sentence ValueError here, before any work.
+        self._buckets = default_spec(self.resolution, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso,
+                                     step=self.bucket_step) if self.buckets else None
         if self.encode_workers < 0:
             raise ValueError(f"--encode-workers must be at least 0, got {self.encode_workers}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
@@ -169,10 +170,8 @@ class TrainConfig:
 
     @property
     def bucket_spec(self) -> BucketSpec | None:
-        if not self.buckets:
-            return None
-        return default_spec(self.resolution, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso,
-                            step=self.bucket_step)
+        """The aspect-ratio buckets of --buckets, None for square crops."""
+        return self._buckets
 
     @property
     def prompts(self) -> list[str]:

@@ -234,6 +234,8 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
                                          (("--min-snr-gamma", "-1"), "--min-snr-gamma"),
                                          (("--caption-word-dropout", "1"), "--caption-word-dropout"),
                                          (("--norm-num-groups", "0"), "--norm-num-groups"),
+                                         (("--buckets", "--min-bucket-reso", "48"), "must lie between"),
+                                         (("--encode-workers", "-1"), "--encode-workers"),
                                          pytest.param(("--attention", "xformers"), "needs a CUDA GPU",
                                                       marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                                reason="CPU-only message"))])
