@@ -68,16 +68,33 @@ class _TarChunks(IterableDataset):
             yield "end", chunk, None
 
 
+class _ChunkBatches:
+    """Index batches of `batch_size` within each chunk (never across two), generated as needed: with 10⁷
+    images a list of every index would itself grow with the data."""
+
+    def __init__(self, chunks: list[int], *, chunk_size: int, batch_size: int, num_items: int):
+        self.chunks, self.chunk_size, self.batch_size, self.num_items = chunks, chunk_size, batch_size, num_items
+
+    def plan(self) -> Iterator[tuple[int, list[int], bool]]:
+        """(chunk, indices, last batch of the chunk) in loading order."""
+        for chunk in self.chunks:
+            end = min((chunk + 1) * self.chunk_size, self.num_items)
+            for start in range(chunk * self.chunk_size, end, self.batch_size):
+                yield chunk, list(range(start, min(start + self.batch_size, end))), start + self.batch_size >= end
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (indices for _, indices, _ in self.plan())
+
+    def __len__(self) -> int:
+        return sum(-(-(min((c + 1) * self.chunk_size, self.num_items) - c * self.chunk_size) // self.batch_size)
+                   for c in self.chunks)
+
+
 def _map_stream(dataset, chunks: list[int], *, chunk_size: int, batch_size: int,
                 num_workers: int) -> Iterator[tuple]:
-    plan, batches = [], []
-    for chunk in chunks:
-        positions = range(chunk * chunk_size, min((chunk + 1) * chunk_size, len(dataset)))
-        for start in range(0, len(positions), batch_size):
-            batches.append(list(positions[start:start + batch_size]))
-            plan.append((chunk, start + batch_size >= len(positions)))
+    batches = _ChunkBatches(chunks, chunk_size=chunk_size, batch_size=batch_size, num_items=len(dataset))
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_keep_list)
-    for (chunk, last), items in zip(plan, loader):
+    for (chunk, _, last), items in zip(batches.plan(), loader):
         for item in items:
             yield "item", chunk, item
         if last:
