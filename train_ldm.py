@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import logging
 import math
 import shutil
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -178,23 +178,24 @@ class TrainConfig:
         return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
 
 
-def learn_tokenizer(captions: Iterable[str], *, out_dir: Path, vocab_size: int) -> None:
-    """Learn a CLIP BPE tokenizer from `captions` (read once) into `out_dir`, with model_max_length cut to what
-    they need. Holds each distinct caption once, with its count.
+def learn_tokenizer(captions: Callable[[], Iterable[str]], *, out_dir: Path, vocab_size: int) -> None:
+    """Learn a CLIP BPE tokenizer from the captions (`captions()` streams them; read twice) into `out_dir`, with
+    model_max_length cut to what they need. Memory holds the distinct words, never the captions.
 
     The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
     shorter sequences make the text encoder and every cross-attention cheaper.
     """
     shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
-    counts = Counter(captions)
-    tokenizer = train_clip_tokenizer(counts.elements(), out_dir=out_dir, vocab_size=vocab_size,
+    tokenizer = train_clip_tokenizer(captions(), out_dir=out_dir, vocab_size=vocab_size,
                                      model_max_length=CLIP_MAX_LENGTH)
-    longest = max(len(ids) for ids in tokenizer(list(counts)).input_ids)
+    stream, longest = iter(captions()), 0
+    while batch := list(itertools.islice(stream, 1024)):
+        longest = max(longest, max(len(ids) for ids in tokenizer(batch).input_ids))
     tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
     tokenizer.save_pretrained(str(out_dir))
 
 
-def load_text_side(config: TrainConfig, captions: Iterable[str], output_dir: Path, accelerator):
+def load_text_side(config: TrainConfig, captions: Callable[[], Iterable[str]], output_dir: Path, accelerator):
     """(text_encoder, tokenizer, trainable): pretrained from --text-encoder, or learned from the captions."""
     if config.text_encoder:
         text_encoder, tokenizer = load_text_encoder(config.text_encoder)
@@ -304,7 +305,7 @@ def train(config: TrainConfig) -> Path:
     resolution = int(cache.key["resolution"])
 
     # Text encoder, U-Net and noise schedule.
-    text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions(), output_dir, accelerator)
+    text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions, output_dir, accelerator)
     text_encoder.to(accelerator.device)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before

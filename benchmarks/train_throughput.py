@@ -47,7 +47,7 @@ def timed(step_fns: dict, *, steps: int, warmup: int) -> dict[str, float]:
 
 def build_models(*, resolution: int, captions: list[str], workdir: str):
     vae = build_vae(preset="cpu-f4", sample_size=resolution).requires_grad_(False).eval()
-    train_ldm.learn_tokenizer(captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
+    train_ldm.learn_tokenizer(lambda: captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
     tokenizer = CLIPTokenizer.from_pretrained(f"{workdir}/tokenizer")
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset="tiny")
     unet = build_unet(preset="cpu-small", cross_attention_dim=text_encoder.config.hidden_size,
