@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import logging
 import math
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from accelerate.utils import set_seed
 from transformers import CLIPTokenizer
@@ -25,16 +28,18 @@ from transformers import CLIPTokenizer
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
 from ldm.cli import option, run_command, save_config
-from ldm.conditioning import drop_mask, drop_words, encode_input_ids, null_prompt_embeds, tokenize_prompts
 from ldm.data import open_dataset
+from ldm.data.buckets import BucketSpec, default_spec
+from ldm.encode_shards import build_latent_cache, cache_source, shard_cache_key
 from ldm.grid import make_grid
-from ldm.latents import load_or_encode
-from ldm.objective import (diffusion_loss, make_noise_scheduler, min_snr_weights, sample_noise, snr,
-                           training_target)
+from ldm.latent_cache import vae_weights_hash
+from ldm.latent_shards import CACHE_DTYPES, TRAINING_CACHE_DIR, ShardedLatentCache
+from ldm.objective import make_noise_scheduler
+from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
 from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
 from ldm.training.accelerator import average_gradients, make_accelerator
-from ldm.training.batches import global_batch_indices, local_slice, step_generator
+from ldm.training.batches import BucketBatches, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
@@ -49,19 +54,33 @@ from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
 logger = logging.getLogger("train_ldm")
 
 CONFIG_FILE = "train_config.json"
-EMBED_CACHE_MAX_BYTES = 2 * 1024**3  # cache frozen-encoder embeddings per unique caption up to this size
 
 
 @dataclass
 class TrainConfig:
     """Train a text-to-image latent diffusion U-Net (stage 2) in a frozen VAE's latent space."""
 
-    data: str = option("", "training data: 'shapes', 'emoji', an image folder, tar shards or an HF dataset")
+    data: str = option("", "training data: 'shapes', 'emoji', an image folder, tar shards or an HF dataset "
+                           "(optional with a finished --latent-cache)")
     vae: str = option("", "the stage-1 VAE folder (train_vae.py output) or a pipeline folder with vae/")
     output_dir: str = option("", "where the pipeline folder, checkpoints, logs and samples go")
     data_size: int | None = option(None, "number of items to use (procedural sources: how many to render)")
     caption_column: str = option("text", "caption column for metadata / HF datasets")
     resolution: int = option(32, "image side in pixels (latents are resolution / VAE factor)")
+    # Latent cache (ldm.latent_shards): on disk, every process encoding its share.
+    latent_cache: str | None = option(None, "latent cache folder: one built by `ldm-data cache` to train from "
+                                            "(then --data may be left out), or where to build it; default "
+                                            "OUTPUT_DIR/latent_cache")
+    cache_dtype: str = option("float16", "storage of the cached posterior mean and std",
+                              choices=tuple(CACHE_DTYPES))
+    encode_workers: int = option(2, "DataLoader workers per process decoding images while the cache is encoded")
+    # Aspect-ratio buckets (kohya's names): every batch from one bucket of about resolution² pixels.
+    buckets: bool = option(False, "resize each image to the aspect-ratio bucket nearest its own instead of a "
+                                  "centre square (square-only is the default)")
+    min_bucket_reso: int | None = option(None, "smallest bucket side in pixels (default resolution / 2)")
+    max_bucket_reso: int | None = option(None, "largest bucket side in pixels (default 2 x resolution)")
+    bucket_step: int | None = option(None, "bucket sides are multiples of this (default resolution / 8, at "
+                                           "least 8); latents must stay divisible by the U-Net's downsampling")
     # Text side: from scratch (tokenizer learned from the captions) unless --text-encoder is given.
     text_encoder: str | None = option(None, "pretrained CLIP text encoder (transformers/SD pipeline folder)")
     train_text_encoder: bool = option(False, "also train a pretrained --text-encoder (from scratch: always)")
@@ -114,7 +133,7 @@ class TrainConfig:
     seed: int = option(0, "seed for initialisation, data order and every per-step random draw")
 
     def __post_init__(self):
-        for name in ("data", "vae", "output_dir"):
+        for name in ("vae", "output_dir") if self.latent_cache else ("data", "vae", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required.")
         chosen = [name for name in ("preset", "config", "pretrained") if getattr(self, name)]
@@ -131,6 +150,11 @@ class TrainConfig:
                              f"{self.norm_num_groups}.")
         if not 0.0 <= self.caption_word_dropout < 1.0:
             raise ValueError(f"--caption-word-dropout must be in [0, 1), got {self.caption_word_dropout}.")
+        # A bad bucket option raises its one-sentence ValueError here, before any work.
+        self._buckets = default_spec(self.resolution, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso,
+                                     step=self.bucket_step) if self.buckets else None
+        if self.encode_workers < 0:
+            raise ValueError(f"--encode-workers must be at least 0, got {self.encode_workers}.")
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
@@ -145,74 +169,33 @@ class TrainConfig:
             raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
 
     @property
+    def bucket_spec(self) -> BucketSpec | None:
+        """The aspect-ratio buckets of --buckets, None for square crops."""
+        return self._buckets
+
+    @property
     def prompts(self) -> list[str]:
         return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
 
 
-class CaptionEmbedder:
-    """Prompt embeddings `(b, L, D)` for dataset items, with conditioning dropout to the null condition.
-
-    Captions are tokenized once (`ldm.conditioning.tokenize_prompts`). A frozen encoder embeds each unique
-    caption once (if that fits in EMBED_CACHE_MAX_BYTES); a trainable one runs every step, and the null
-    embedding (`ldm.conditioning.null_prompt_embeds`, the sampler's ε(x) condition) is then recomputed with
-    gradients. Under caption word dropout the shortened captions are tokenized and encoded at each step.
-    """
-
-    def __init__(self, text_encoder, tokenizer, captions: list[str], *, trainable: bool):
-        self.text_encoder, self.tokenizer, self.trainable = text_encoder, tokenizer, trainable
-        unique = list(dict.fromkeys(captions))
-        self.unique_captions = unique
-        self.max_words = max(len(caption.split()) for caption in unique)  # columns of word-dropout draws
-        position = {caption: i for i, caption in enumerate(unique)}
-        self.caption_index = torch.tensor([position[c] for c in captions])  # (N,) → row of input_ids
-        self.input_ids = tokenize_prompts(tokenizer, unique)  # (U, L)
-        self.table, self.null = None, None
-        if trainable:
-            return
-        with torch.no_grad():
-            self.null = null_prompt_embeds(text_encoder, tokenizer)
-            table_bytes = len(unique) * self.null[0].numel() * self.null.element_size()
-            if table_bytes <= EMBED_CACHE_MAX_BYTES:
-                self.table = torch.cat([self._encode(ids) for ids in self.input_ids.split(256)])
-
-    def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return encode_input_ids(self.text_encoder, input_ids, pad_token_id=self.tokenizer.pad_token_id)
-
-    def __call__(self, indices: torch.Tensor, keep: torch.Tensor, word_draws: torch.Tensor | None = None,
-                 word_dropout: float = 0.0) -> torch.Tensor:
-        """indices: (b,) dataset items; keep: (b,) bool, False → the null condition; word_draws:
-        (b, max_words) uniform draws for `ldm.conditioning.drop_words` at probability `word_dropout`
-        (None: whole captions)."""
-        rows = self.caption_index[indices]
-        if word_draws is not None:
-            captions = [self.unique_captions[row] for row in rows.tolist()]
-            captions = drop_words(captions, word_draws, word_dropout)
-            with torch.set_grad_enabled(self.trainable):
-                prompt_embeds = self._encode(tokenize_prompts(self.tokenizer, captions))
-        elif self.table is not None:
-            prompt_embeds = self.table[rows]
-        else:
-            with torch.set_grad_enabled(self.trainable):
-                prompt_embeds = self._encode(self.input_ids[rows])
-        null = self.null if self.null is not None else null_prompt_embeds(self.text_encoder, self.tokenizer)
-        return torch.where(keep[:, None, None].to(prompt_embeds.device), prompt_embeds, null)
-
-
-def learn_tokenizer(captions: list[str], *, out_dir: Path, vocab_size: int) -> None:
-    """Learn a CLIP BPE tokenizer from `captions` into `out_dir`, with model_max_length cut to what they need.
+def learn_tokenizer(captions: Callable[[], Iterable[str]], *, out_dir: Path, vocab_size: int) -> None:
+    """Learn a CLIP BPE tokenizer from the captions (`captions()` streams them; read twice) into `out_dir`, with
+    model_max_length cut to what they need. Memory holds the distinct words, never the captions.
 
     The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
     shorter sequences make the text encoder and every cross-attention cheaper.
     """
     shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
-    tokenizer = train_clip_tokenizer(captions, out_dir=out_dir, vocab_size=vocab_size,
+    tokenizer = train_clip_tokenizer(captions(), out_dir=out_dir, vocab_size=vocab_size,
                                      model_max_length=CLIP_MAX_LENGTH)
-    longest = max(len(ids) for ids in tokenizer(list(dict.fromkeys(captions))).input_ids)
+    stream, longest = iter(captions()), 0
+    while batch := list(itertools.islice(stream, 1024)):
+        longest = max(longest, max(len(ids) for ids in tokenizer(batch).input_ids))
     tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
     tokenizer.save_pretrained(str(out_dir))
 
 
-def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, accelerator):
+def load_text_side(config: TrainConfig, captions: Callable[[], Iterable[str]], output_dir: Path, accelerator):
     """(text_encoder, tokenizer, trainable): pretrained from --text-encoder, or learned from the captions."""
     if config.text_encoder:
         text_encoder, tokenizer = load_text_encoder(config.text_encoder)
@@ -223,14 +206,58 @@ def load_text_side(config: TrainConfig, captions: list[str], output_dir: Path, a
             if accelerator.is_main_process and not config.resume:
                 learn_tokenizer(captions, out_dir=tokenizer_dir, vocab_size=config.tokenizer_vocab_size)
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-        # Re-seed: encoding the data (main process only, and only without a cache) draws from the global RNG,
-        # and every process must start from the same weights.
+        # Re-seed: encoding the data (only without a finished cache) draws from the global RNG, and every
+        # process must start from the same weights.
         set_seed(config.seed)
         text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config.text_preset)
         trainable = True
     text_encoder.requires_grad_(trainable)
     text_encoder.train(trainable)
     return text_encoder, tokenizer, trainable
+
+
+def open_latent_cache(config: TrainConfig, vae, output_dir: Path, accelerator) -> ShardedLatentCache:
+    """The latent cache of `config`: built (or resumed, or reused) from --data into --latent-cache or
+    OUTPUT_DIR/latent_cache; without --data, the finished --latent-cache as it is, checked against --vae."""
+    cache_dir = Path(config.latent_cache) if config.latent_cache else output_dir / TRAINING_CACHE_DIR
+    if not config.data:
+        cache = ShardedLatentCache(cache_dir)
+        if cache.key["vae"] != vae_weights_hash(vae):
+            raise ValueError(f"{cache_dir} was encoded with another VAE than --vae {config.vae}; rebuild it "
+                             f"with `ldm-data cache ... --vae {config.vae}`.")
+        return cache
+    spec = config.bucket_spec
+    dataset = open_dataset(config.data, resolution=config.resolution, crop="center", buckets=spec,
+                           caption_column=config.caption_column, size=config.data_size)
+    key = shard_cache_key(source=cache_source(config.data, size=config.data_size,
+                                              caption_column=config.caption_column),
+                          resolution=config.resolution, vae=vae, dtype=config.cache_dtype,
+                          buckets=spec.key if spec else "")
+    return build_latent_cache(vae, dataset, cache_dir=cache_dir, key=key, rank=accelerator.process_index,
+                              world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
+                              num_workers=config.encode_workers, device=accelerator.device)
+
+
+def _width(bucket: tuple[tuple[int, int], int]) -> tuple[int, int]:
+    (height, width), _ = bucket
+    return width, height
+
+
+def bucket_batches(cache: ShardedLatentCache, *, unet, vae_factor: int, global_batch_size: int,
+                   seed: int) -> BucketBatches:
+    """The batch schedule over the cache's buckets (one bucket: the plain shuffled order); logs the images per
+    bucket and checks every bucket's latents fit the U-Net's downsampling."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    sizes = {tuple(int(side) for side in name.split("x")): count for name, count in cache.bucket_sizes.items()}
+    for (height, width), count in sizes.items():
+        if height % factor or width % factor:
+            raise ValueError(f"bucket {width * vae_factor}x{height * vae_factor} px gives latents not divisible "
+                             f"by the U-Net's downsampling {factor}; use a --bucket-step that is a multiple of "
+                             f"{factor * vae_factor}.")
+    logger.info("images per bucket (width x height px): %s", ", ".join(
+        f"{w * vae_factor}x{h * vae_factor}: {count}" for (h, w), count in sorted(sizes.items(), key=_width)))
+    items = [np.arange(len(cache))] if len(sizes) == 1 else list(cache.bucket_items().values())
+    return BucketBatches(items, global_batch_size=global_batch_size, seed=seed)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -240,38 +267,6 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
     import bitsandbytes as bnb  # optional dependency; TrainConfig checked that it is installed
 
     return bnb.optim.AdamW8bit(parameters, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def micro_step_loss(*, unet, embedder: CaptionEmbedder, cache, noise_scheduler, config: TrainConfig,
-                    micro_step: int, scaling_factor: float, accelerator) -> torch.Tensor:
-    """The loss (scalar) of one micro-step on this process's slice of the global batch.
-
-    Every random draw comes from the micro-step's generator and covers the global batch, so the run does not
-    depend on the number of processes or on where it was resumed.
-    """
-    rank, world = accelerator.process_index, accelerator.num_processes
-    generator = step_generator(config.seed, micro_step)
-    indices = global_batch_indices(len(cache), config.batch_size * world, micro_step, config.seed)
-    latents = cache.sample(indices, scaling_factor=scaling_factor, generator=generator)
-    keep = ~drop_mask(len(indices), config.cond_dropout, generator)
-    noise = sample_noise(latents, offset_noise=config.offset_noise, generator=generator)
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
-    # Drawn last, and only when on, so that every other draw is the same with and without word dropout.
-    word_draws = (torch.rand(len(indices), embedder.max_words, generator=generator)
-                  if config.caption_word_dropout > 0 else None)
-    latents, noise, timesteps, keep, indices = (local_slice(t, rank, world)
-                                                for t in (latents, noise, timesteps, keep, indices))
-    latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
-    if word_draws is not None:
-        word_draws = local_slice(word_draws, rank, world)
-
-    prompt_embeds = embedder(indices, keep, word_draws, config.caption_word_dropout)
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    noise_pred = unet(noisy_latents, timesteps, prompt_embeds).sample
-    weights = min_snr_weights(snr(noise_scheduler, timesteps), gamma=config.min_snr_gamma,
-                              prediction_type=config.prediction_type, floor=config.snr_floor)
-    return diffusion_loss(noise_pred, training_target(noise_scheduler, latents, noise, timesteps), weights)
 
 
 @torch.no_grad()
@@ -290,22 +285,6 @@ def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainC
     return grid
 
 
-def backward_micro_steps(step: int, *, unet, config: TrainConfig, accelerator, **loss_inputs) -> torch.Tensor:
-    """Forward and backward over the `grad_accum` micro-steps of optimizer step `step` (0-based).
-
-    Returns the mean loss over micro-steps and processes (a scalar every process agrees on).
-    """
-    losses = []
-    for k in range(config.grad_accum):
-        sync = k == config.grad_accum - 1  # DDP all-reduces the gradients on the last micro-step only
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(unet)), accelerator.autocast():
-            loss = micro_step_loss(unet=unet, config=config, accelerator=accelerator,
-                                   micro_step=step * config.grad_accum + k, **loss_inputs)
-        accelerator.backward(loss / config.grad_accum)
-        losses.append(loss.detach())
-    return accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
-
-
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
@@ -320,23 +299,19 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         save_config(config, output_dir / CONFIG_FILE)
 
-    # Frozen VAE → latent cache (encoded once by the main process, read by the others).
+    # Frozen VAE → on-disk latent cache (every process encodes its share), or one built by `ldm-data cache`.
     vae = build_vae(pretrained=config.vae).to(accelerator.device).requires_grad_(False).eval()
-    with accelerator.main_process_first():
-        dataset = open_dataset(config.data, resolution=config.resolution, crop="center",
-                               caption_column=config.caption_column, size=config.data_size)
-        source = f"{config.data}|size={config.data_size}|captions={config.caption_column}"
-        cache = load_or_encode(vae, dataset, cache_dir=output_dir, source=source,
-                               resolution=config.resolution, device=accelerator.device)
+    cache = open_latent_cache(config, vae, output_dir, accelerator)
+    resolution = int(cache.key["resolution"])
 
     # Text encoder, U-Net and noise schedule.
-    text_encoder, tokenizer, train_text = load_text_side(config, cache.captions, output_dir, accelerator)
+    text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions, output_dir, accelerator)
     text_encoder.to(accelerator.device)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
                       cross_attention_dim=text_encoder.config.hidden_size,
-                      sample_size=config.resolution // vae_factor, in_channels=vae.config.latent_channels,
+                      sample_size=resolution // vae_factor, in_channels=vae.config.latent_channels,
                       norm_num_groups=config.norm_num_groups)
     logger.info("attention: %s", set_attention(unet, config.attention, accelerator.device))
     if config.gradient_checkpointing:
@@ -348,7 +323,7 @@ def train(config: TrainConfig) -> Path:
                                            zero_terminal_snr=config.zero_terminal_snr,
                                            num_train_timesteps=config.num_train_timesteps)
     sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
-    embedder = CaptionEmbedder(text_encoder, tokenizer, cache.captions, trainable=train_text)
+    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.iter_captions())
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
     # the null prompt), so its gradients are averaged by hand.
@@ -375,15 +350,28 @@ def train(config: TrainConfig) -> Path:
                 model.train(), text_encoder.train(train_text)
         accelerator.wait_for_everyone()
 
+    max_words = cache.max_words  # columns of the word-dropout draws: fixed for the run
+    batches = bucket_batches(cache, unet=accelerator.unwrap_model(unet), vae_factor=vae_factor, seed=config.seed,
+                             global_batch_size=config.batch_size * accelerator.num_processes)
+
+    def loss_of(micro_step: int) -> torch.Tensor:
+        indices = batches.indices(micro_step)
+        return micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
+                               indices=indices, generator=step_generator(config.seed, micro_step),
+                               rank=accelerator.process_index, world_size=accelerator.num_processes,
+                               device=accelerator.device, scaling_factor=vae.config.scaling_factor,
+                               cond_dropout=config.cond_dropout, caption_word_dropout=config.caption_word_dropout,
+                               max_words=max_words, offset_noise=config.offset_noise,
+                               min_snr_gamma=config.min_snr_gamma, snr_floor=config.snr_floor)
+
     # Training loop. Closing the progress bar also on errors puts an error message on a line of its own.
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
     stop = StopOnInterrupt(enabled=accelerator.num_processes == 1)
     with stop, contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
                                                    global_batch_size=global_batch)) as progress:
         for step in range(start, config.max_steps):
-            loss = backward_micro_steps(step, unet=unet, config=config, accelerator=accelerator,
-                                        embedder=embedder, cache=cache, noise_scheduler=noise_scheduler,
-                                        scaling_factor=vae.config.scaling_factor)
+            loss = backward_micro_steps(step, unet=unet, accelerator=accelerator, grad_accum=config.grad_accum,
+                                        loss_of=loss_of)
             check_finite(loss, step + 1, last_checkpoint=checkpoints.last_saved)
             if train_text:
                 average_gradients(text_encoder.parameters(), accelerator)

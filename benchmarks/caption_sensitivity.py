@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
-from safetensors.torch import load_file
 
 from ldm.conditioning import encode_prompt
 from ldm.data import shapes
-from ldm.latents import CACHE_FILE, CAPTIONS_FILE, LatentCache
+from ldm.latent_shards import TRAINING_CACHE_DIR, ShardedLatentCache
 from ldm.objective import training_target
 from pipelines.folder import load_pipeline
 
@@ -46,9 +45,8 @@ def swap_attribute(caption: str, words: list[str]) -> str | None:
 def sensitivity(model: Path, *, timesteps: list[int], samples: int, seed: int) -> dict:
     pipe = load_pipeline(str(model), device="cpu")
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the training betas and prediction type
-    tensors = load_file(str(model / CACHE_FILE))  # read without load_cache's key check: any cache will do
-    captions = json.loads((model / CAPTIONS_FILE).read_text())["captions"]
-    cache = LatentCache(mean=tensors["mean"], std=tensors["std"], captions=captions)
+    cache = ShardedLatentCache(model / TRAINING_CACHE_DIR)  # read without a key check: any cache will do
+    captions = list(cache.iter_captions())
     generator = torch.Generator().manual_seed(seed)
     results = {}
     for attribute, words in ATTRIBUTE_WORDS.items():

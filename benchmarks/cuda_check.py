@@ -36,7 +36,7 @@ from ldm.data import open_dataset
 from ldm.eval.metrics import adherence, prompt_statement
 from ldm.eval.reader import read_scene
 from ldm.guidance import guidance_scale_from_weight
-from ldm.latents import encode_dataset
+from ldm.latent_cache import encode_dataset
 from ldm.objective import diffusion_loss, min_snr_weights, snr, training_target
 from pipelines.evaluate import build_prompt_set, sample_seeds
 from pipelines.folder import load_pipeline

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import quickstart
-from ldm.latents import CACHE_FILE, CAPTIONS_FILE
+from ldm.latent_shards import MANIFEST, TRAINING_CACHE_DIR
 
 
 def apply_changes(argv: list[str], changes: list[str]) -> list[str]:
@@ -83,13 +83,12 @@ def one_run(vae: Path, work: Path, name: str, seed: int, changes: list[str], thr
     stage2, report = run_dir / "stage2", run_dir / "eval" / "eval.json"
     if not (stage2 / "model_index.json").exists():
         stage2.mkdir(parents=True, exist_ok=True)
-        for file in (CACHE_FILE, CAPTIONS_FILE):  # encode the data once; train_ldm re-encodes on a key mismatch
-            if (work / file).exists() and not (stage2 / file).exists():
-                shutil.copy(work / file, stage2 / file)
+        shared, own = work / TRAINING_CACHE_DIR, stage2 / TRAINING_CACHE_DIR
+        if (shared / MANIFEST).exists() and not own.exists():  # encode the data once; train_ldm re-encodes
+            shutil.copytree(shared, own)                         # on a key mismatch
         _run(train, run_dir / "train.log", threads)
-        if not (work / CACHE_FILE).exists():
-            for file in (CACHE_FILE, CAPTIONS_FILE):
-                shutil.copy(stage2 / file, work / file)
+        if not (shared / MANIFEST).exists():
+            shutil.copytree(own, shared, dirs_exist_ok=True)
     if not report.exists():
         _run(evaluation, run_dir / "eval.log", threads)
     return {"variant": name, "seed": seed, **seed_summary(json.loads(report.read_text()))}

@@ -22,10 +22,11 @@ import train_ldm
 from autoencoder.presets import build_vae
 from ldm.conditioning import encode_prompt
 from ldm.data import open_dataset
-from ldm.latents import encode_dataset
+from ldm.latent_cache import encode_dataset
 from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import build_text_encoder
-from ldm.training.accelerator import make_accelerator
+from ldm.stage2 import CaptionEmbedder, micro_step_loss
+from ldm.training.batches import global_batch_indices, step_generator
 from ldm.unet import build_unet
 
 logger = logging.getLogger("train_throughput")
@@ -46,7 +47,7 @@ def timed(step_fns: dict, *, steps: int, warmup: int) -> dict[str, float]:
 
 def build_models(*, resolution: int, captions: list[str], workdir: str):
     vae = build_vae(preset="cpu-f4", sample_size=resolution).requires_grad_(False).eval()
-    train_ldm.learn_tokenizer(captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
+    train_ldm.learn_tokenizer(lambda: captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
     tokenizer = CLIPTokenizer.from_pretrained(f"{workdir}/tokenizer")
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset="tiny")
     unet = build_unet(preset="cpu-small", cross_attention_dim=text_encoder.config.hidden_size,
@@ -82,15 +83,15 @@ def plain_step_fn(*, vae, tokenizer, text_encoder, unet, scheduler, dataset, bat
 def cached_step_fn(*, vae, tokenizer, text_encoder, unet, scheduler, dataset, batch_size: int, workdir: str):
     """train_ldm.py's step: latents drawn from the cache, captions tokenized once, conditioning dropout."""
     config = train_ldm.TrainConfig(data="shapes", vae="-", output_dir=workdir, batch_size=batch_size)
-    accelerator = make_accelerator(output_dir=workdir, log_with=None)
     cache = encode_dataset(vae, dataset, batch_size=64)
-    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, cache.captions, trainable=True)
+    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=True)
     optimizer = train_ldm.make_optimizer(list(unet.parameters()) + list(text_encoder.parameters()), config)
 
     def step(i):
-        loss = train_ldm.micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=scheduler,
-                                         config=config, micro_step=i, accelerator=accelerator,
-                                         scaling_factor=vae.config.scaling_factor)
+        indices = global_batch_indices(len(cache), batch_size, i, config.seed)
+        loss = micro_step_loss(unet=unet, embedder=embedder, cache=cache, noise_scheduler=scheduler,
+                               indices=indices, generator=step_generator(config.seed, i),
+                               scaling_factor=vae.config.scaling_factor, cond_dropout=config.cond_dropout)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

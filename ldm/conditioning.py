@@ -100,6 +100,14 @@ def apply_cond_dropout(prompt_embeds: torch.Tensor, null_embeds: torch.Tensor, *
     learns ε(x, y) and ε(x) = ε(x, ∅). Draw the mask yourself with `drop_mask` to control its randomness.
     """
     dropped = drop_mask(prompt_embeds.shape[0], p, generator, device=prompt_embeds.device)
-    keep = ~dropped
+    return keep_or_null(prompt_embeds, null_embeds, ~dropped)
+
+
+def keep_or_null(prompt_embeds: torch.Tensor, null_embeds: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows of `prompt_embeds` `(B, L, D)` where `keep` `(B,)` is True, `null_embeds` `(1, L, D)` elsewhere.
+
+    The replacement `apply_cond_dropout` makes, for a mask drawn elsewhere: the trainer draws it for the global
+    batch and keeps this process's slice, so the run does not depend on the number of processes.
+    """
     null_embeds = null_embeds.to(device=prompt_embeds.device, dtype=prompt_embeds.dtype)
-    return torch.where(keep[:, None, None], prompt_embeds, null_embeds)
+    return torch.where(keep.to(prompt_embeds.device)[:, None, None], prompt_embeds, null_embeds)

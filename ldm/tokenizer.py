@@ -154,12 +154,11 @@ def train_clip_tokenizer(captions: Iterable[str], *, out_dir: str | Path,
         raise ValueError(f"vocab_size must be greater than {base} (the byte symbols and the two specials).")
     if model_max_length < 2:
         raise ValueError("model_max_length must be at least 2 (start and end tokens).")
-    caption_counts = Counter(captions)  # procedural captions repeat: split each distinct one once
-    n_captions = sum(caption_counts.values())
-    word_counts: Counter = Counter()
-    for caption, count in caption_counts.items():
-        for word in pre_split(caption):
-            word_counts[word] += count
+    # Streamed: memory holds the distinct words, not the captions (a data set's captions may not fit).
+    n_captions, word_counts = 0, Counter()
+    for caption in captions:
+        n_captions += 1
+        word_counts.update(pre_split(caption))
     if not word_counts:
         raise ValueError("no words to learn a tokenizer from: the captions are empty.")
     merges = learn_merges(word_counts, max_new_tokens=vocab_size - base, min_frequency=min_frequency)

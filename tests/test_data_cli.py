@@ -50,3 +50,14 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert main(["preview", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_check_reports_images_per_bucket(tmp_path, capsys):
+    for i, size in enumerate([(128, 64), (130, 66), (64, 128), (96, 96)]):
+        Image.new("RGB", size, (80 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"image {i}")
+    assert main(["check", str(tmp_path), "--json", "--resolution", "32", "--buckets"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"usable": 4, "skipped": {}, "buckets": {"24x40": 1, "32x32": 1, "40x24": 2}}
+    assert main(["check", str(tmp_path), "--resolution", "32", "--buckets", "--bucket-step", "16"]) == 0
+    assert "bucket 32x32  1" in capsys.readouterr().out.splitlines()

@@ -1,5 +1,7 @@
 """train_ldm.py end to end on tiny components: exact resume, stock-pipeline output, errors, data parallel."""
 import importlib.util
+import itertools
+import logging
 import json
 import os
 import subprocess
@@ -9,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import train_ldm
-from ldm.conditioning import encode_prompt, null_prompt_embeds
+from ldm.data import cli as data_cli
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -114,39 +117,65 @@ def test_stock_pipeline_loads_and_generates(parts, tmp_path):
     assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
 
 
-def test_frozen_caption_embeddings_match_encode_prompt(tmp_path):
-    """Cached caption embeddings equal ldm.conditioning.encode_prompt; dropped rows equal the null prompt."""
-    tokenizer = tiny_tokenizer(tmp_path)
-    text_encoder = tiny_text_encoder(tokenizer)
-    captions = ["a red circle", "a blue square", "a red circle", "the left triangle"]
-    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=False)
-    assert embedder.table.shape[0] == 3  # one row per unique caption
-    indices, keep = torch.tensor([3, 0, 2]), torch.tensor([True, False, True])
-    with torch.no_grad():
-        expected = encode_prompt(text_encoder, tokenizer, [captions[3], "", captions[2]])
-        null = null_prompt_embeds(text_encoder, tokenizer)
-    got = embedder(indices, keep)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got[1:2], null)
+def test_trains_from_a_cache_built_ahead_of_time(parts, tmp_path, capsys):
+    """`ldm-data cache` then `--latent-cache` without --data trains exactly as --data does (same key, same
+    cache); a cache encoded with another VAE is refused in one line."""
+    cache = tmp_path / "cache"
+    assert data_cli.main(["cache", "shapes", "--size", "16", "--resolution", "32", "--vae", str(parts / "vae"),
+                          "--out", str(cache), "--workers", "0"]) == 0
+    args = _args(parts, tmp_path / "from_cache", "--max-steps", "2", "--latent-cache", str(cache))
+    del args[args.index("--data"):args.index("--data") + 4]  # neither --data nor --data-size
+    assert train_ldm.main(args) == 0
+    assert not (tmp_path / "from_cache" / "latent_cache").exists()
+    assert train_ldm.main(_args(parts, tmp_path / "from_data", "--max-steps", "2")) == 0
+    skip_bitwise_comparison_on_cuda()
+    from_cache, from_data = _weights(tmp_path / "from_cache"), _weights(tmp_path / "from_data")
+    assert all(torch.equal(from_cache[key], from_data[key]) for key in from_data)
+    other_vae = tmp_path / "other_vae"
+    tiny_vae(seed=1).save_pretrained(other_vae)
+    args[args.index("--vae") + 1] = str(other_vae)
+    capsys.readouterr()
+    assert train_ldm.main(args) == 1
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "another VAE" in err[0]
 
 
-@pytest.mark.parametrize("trainable", [False, True])
-def test_caption_word_dropout_embeds_the_shortened_captions(tmp_path, trainable):
-    """Under word dropout each row is encode_prompt of its caption less the drawn words (the null prompt for
-    dropped rows); draws all >= p give the whole captions, as without word dropout."""
-    tokenizer = tiny_tokenizer(tmp_path)
-    text_encoder = tiny_text_encoder(tokenizer)
-    captions = ["a red circle on the left", "a blue square", "a red circle on the left"]
-    embedder = train_ldm.CaptionEmbedder(text_encoder, tokenizer, captions, trainable=trainable)
-    assert embedder.max_words == 6
-    indices, keep = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
-    draws = torch.tensor([[0.9, 0.1, 0.9, 0.9, 0.9, 0.1], [0.1, 0.9, 0.9, 0.9, 0.9, 0.9], [0.1] * 6])
-    with torch.no_grad():
-        expected = encode_prompt(text_encoder, tokenizer, ["a circle on the", "blue square", ""])
-        whole = encode_prompt(text_encoder, tokenizer, captions[:2] + [""])
-    torch.testing.assert_close(embedder(indices, keep, draws, 0.5), expected)
-    torch.testing.assert_close(embedder(indices, keep, torch.ones(3, 6) * 0.6, 0.5), whole)
-    torch.testing.assert_close(embedder(indices, keep), whole)
+def _mixed_aspect_folder(folder):
+    """Wide, tall and square scenes: a coloured disc on a background, captioned."""
+    folder.mkdir()
+    scenes = [("wide", (128, 64)), ("tall", (64, 128)), ("square", (96, 96))]
+    for k, ((name, size), colour) in enumerate(itertools.product(scenes, ("red", "blue"))):
+        image = Image.new("RGB", size, (30 * k, 90, 60))
+        ImageDraw.Draw(image).ellipse((10, 10, 50, 50), fill={"red": (220, 20, 20), "blue": (20, 20, 220)}[colour])
+        image.save(folder / f"{k}.png")
+        (folder / f"{k}.txt").write_text(f"a {colour} disc in a {name} scene")
+    return folder
+
+
+def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp_path, caplog):
+    """A folder of wide, tall and square images trains in three buckets, each batch from one; N + resume + N
+    steps is 2N steps bit for bit; the saved pipeline samples at every bucket's size."""
+    data = _mixed_aspect_folder(tmp_path / "data")
+    common = ["--buckets", "--batch-size", "2", "--checkpoint-every", "2"]
+
+    def args(out, steps, *extra):
+        argv = _args(parts, out, "--max-steps", str(steps), *common, *extra)
+        argv[argv.index("--data") + 1], argv[argv.index("--data-size") + 1] = str(data), "6"
+        return argv
+    with caplog.at_level(logging.INFO, logger="train_ldm"):
+        assert train_ldm.main(args(tmp_path / "straight", 4)) == 0
+    assert "images per bucket (width x height px): 24x40: 2, 32x32: 2, 40x24: 2" in caplog.text
+    assert train_ldm.main(args(tmp_path / "split", 2)) == 0
+    assert train_ldm.main(args(tmp_path / "split", 4, "--resume", "latest")) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "split"), local_files_only=True,
+                                                   safety_checker=None)
+    for width, height in ((40, 24), (24, 40), (32, 32)):
+        image = pipe("a red disc in a wide scene", num_inference_steps=2, width=width, height=height,
+                     output_type="np", generator=torch.Generator().manual_seed(0)).images
+        assert image.shape == (1, height, width, 3)
+    skip_bitwise_comparison_on_cuda()
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(straight[key], split[key]) for key in straight)
 
 
 def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):
@@ -205,6 +234,8 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
                                          (("--min-snr-gamma", "-1"), "--min-snr-gamma"),
                                          (("--caption-word-dropout", "1"), "--caption-word-dropout"),
                                          (("--norm-num-groups", "0"), "--norm-num-groups"),
+                                         (("--buckets", "--min-bucket-reso", "48"), "must lie between"),
+                                         (("--encode-workers", "-1"), "--encode-workers"),
                                          pytest.param(("--attention", "xformers"), "needs a CUDA GPU",
                                                       marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                                reason="CPU-only message"))])

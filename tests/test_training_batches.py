@@ -1,6 +1,8 @@
 """ldm/training/batches.py: per-step data order and randomness independent of resumes and process count."""
+import numpy as np
 import torch
 
+from ldm.training.batches import BucketBatches
 from ldm.training import StepBatchSampler, global_batch_indices, local_slice, sliced_randn, step_generator
 
 
@@ -34,3 +36,20 @@ def test_sliced_noise_is_the_single_process_draw_split():
     assert torch.equal(torch.cat(parts), whole)
     assert torch.equal(local_slice(whole, 1, 3), whole[2:4])
     assert not torch.equal(whole, torch.randn((6, 2, 3), generator=step_generator(0, 10)))
+
+
+def test_bucket_batches_are_one_bucket_each_cover_every_item_and_repeat_exactly():
+    buckets = [np.arange(0, 7), np.arange(7, 10), np.arange(10, 22)]
+    schedule = BucketBatches(buckets, global_batch_size=4, seed=3)
+    assert schedule.batches_per_epoch == 2 + 1 + 3
+    bucket_of = {int(i): b for b, items in enumerate(buckets) for i in items}
+    epoch = [schedule.indices(step) for step in range(6)]
+    for batch in epoch:
+        assert len(batch) == 4 and len({bucket_of[int(i)] for i in batch}) == 1
+    assert set(torch.cat(epoch).tolist()) == set(range(22))  # every item at least once per epoch
+    again = BucketBatches(buckets, global_batch_size=4, seed=3)
+    assert all(torch.equal(again.indices(s), schedule.indices(s)) for s in (7, 3, 12))  # any order of asking
+    assert any(not torch.equal(BucketBatches(buckets, global_batch_size=4, seed=4).indices(s), epoch[s])
+               for s in range(6))
+    single = BucketBatches([np.arange(10)], global_batch_size=4, seed=3)
+    assert torch.equal(single.indices(5), global_batch_indices(10, 4, 5, 3))

@@ -127,13 +127,16 @@ def open_dataset(
     caption_ext: str = ".txt",
     seed: int = 0,
     size: int | None = None,
+    buckets=None,
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
     source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1]", "emoji[:size=N]", a folder (sidecar captions or
     metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
-    size: length of shapes, or at most this many samples of other map-style sources. Tar shards stream
+    size: length of shapes, or at most this many samples of other map-style sources.
+    buckets: an `ldm.data.buckets.BucketSpec`: images of folders, tar shards and HF datasets are resized to the
+    bucket nearest their aspect ratio instead of a square crop (built-in sets are square already). Tar shards stream
     (IterableDataset); all others are map-style with `skipped` (reason → count).
     """
     if resolution < 8:
@@ -162,7 +165,7 @@ def open_dataset(
         return EmojiDataset(
             resolution=resolution, split=split, random_flip=random_flip, size=builtin.get("size", size)
         )
-    options = {"resolution": resolution, "crop": crop, "random_flip": random_flip}
+    options = {"resolution": resolution, "crop": crop, "random_flip": random_flip, "buckets": buckets}
     dataset = _open_path(
         name, split=split, caption_column=caption_column, caption_ext=caption_ext, options=options
     )

@@ -37,9 +37,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     """Records (image reference, caption) → {"pixel_values": (3, R, R) in [-1, 1], "caption": str}."""
 
     def __init__(
-        self, records: list, skipped: Counter, *, resolution: int, crop: str, random_flip: bool, name: str
+        self, records: list, skipped: Counter, *, resolution: int, crop: str, random_flip: bool, name: str,
+        buckets=None,
     ):
-        self.records, self.skipped = records, skipped
+        self.records, self.skipped, self.buckets = records, skipped, buckets
         self.resolution, self.crop, self.random_flip = resolution, crop, random_flip
         if not records:
             reasons = (
@@ -71,6 +72,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 resolution=self.resolution,
                 crop=self.crop,
                 random_flip=self.random_flip,
+                buckets=self.buckets,
             )
             return item
         raise ValueError("No sample of this data set could be decoded.")

@@ -86,9 +86,17 @@ def to_pil(pixel_values: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def image_to_item(image: Image.Image, caption: str, *, resolution: int, crop: str, random_flip: bool) -> dict:
-    """The transform chain for one decoded sample → {"pixel_values": (3, R, R) in [-1, 1], "caption"}."""
-    image = resize_and_crop(prepare_image(image), resolution, crop=crop)
+def image_to_item(image: Image.Image, caption: str, *, resolution: int, crop: str, random_flip: bool,
+                  buckets=None) -> dict:
+    """The transform chain for one decoded sample → {"pixel_values": (3, R, R) in [-1, 1], "caption"}; with
+    `buckets` (an `ldm.data.buckets.BucketSpec`), (3, H, W) of the bucket nearest the image's aspect ratio."""
+    image = prepare_image(image)
+    if buckets is not None:
+        from .buckets import resize_to_bucket
+
+        image = resize_to_bucket(image, buckets.nearest(*image.size))
+    else:
+        image = resize_and_crop(image, resolution, crop=crop)
     if random_flip and random.random() < 0.5:
         image, caption = flip(image, caption)
     return {"pixel_values": to_tensor(image), "caption": caption}

@@ -106,9 +106,11 @@ class TarShardDataset(torch.utils.data.IterableDataset):
     """Streams {"pixel_values": (3, R, R) in [-1, 1], "caption": str} from tar shards."""
 
     def __init__(
-        self, shards: list[Path], *, resolution: int, crop: str = "center", random_flip: bool = False
+        self, shards: list[Path], *, resolution: int, crop: str = "center", random_flip: bool = False,
+        buckets=None,
     ):
         self.shards, self.resolution, self.crop, self.random_flip = shards, resolution, crop, random_flip
+        self.buckets = buckets  # an ldm.data.buckets.BucketSpec, or None for squares
         self.skipped: Counter = Counter()
 
     def _assigned(self) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -125,7 +127,15 @@ class TarShardDataset(torch.utils.data.IterableDataset):
                 position += 1
 
     def __iter__(self) -> Iterator[dict]:
-        for key, files in self._assigned():
+        return self._items(self._assigned())
+
+    def shard_items(self, path: Path) -> Iterator[dict]:
+        """Every usable item of the one shard `path`, in tar order, whoever the consumer is (the latent cache
+        gives each process whole shards); bad samples are counted in `skipped`."""
+        return self._items(_read_samples(path, self.skipped))
+
+    def _items(self, samples: Iterator[tuple[str, dict[str, bytes]]]) -> Iterator[dict]:
+        for key, files in samples:
             try:
                 image, caption = _decode_sample(files, self.resolution)
             except BadSample as bad:
@@ -133,7 +143,8 @@ class TarShardDataset(torch.utils.data.IterableDataset):
                 logger.warning("skipping tar sample %r (%s)", key, bad)
                 continue
             yield image_to_item(
-                image, caption, resolution=self.resolution, crop=self.crop, random_flip=self.random_flip
+                image, caption, resolution=self.resolution, crop=self.crop, random_flip=self.random_flip,
+                buckets=self.buckets,
             )
 
 

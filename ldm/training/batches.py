@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -86,3 +87,40 @@ class StepBatchSampler(Sampler[list[int]]):
         for step in range(self.start_step, self.end_step):
             indices = global_batch_indices(self.num_items, self.batch_size * self.world_size, step, self.seed)
             yield local_slice(indices, self.rank, self.world_size).tolist()
+
+
+class BucketBatches:
+    """Global batches each drawn from one aspect-ratio bucket, deterministic in (seed, step) like
+    `global_batch_indices`, which serves a single bucket unchanged.
+
+    Epoch e permutes each bucket (seeded by (seed, e)), cuts it into batches of `global_batch_size`, filling the
+    last one from the start of the same permutation, and shuffles the batches of all buckets together; step s
+    takes batch s mod E of epoch s // E, E = Σ ceil(bucket size / global batch). Every image is seen at least
+    once per epoch and every batch has one latent size.
+    """
+
+    def __init__(self, bucket_items: list[np.ndarray], *, global_batch_size: int, seed: int):
+        self.buckets = [torch.as_tensor(np.asarray(items, dtype=np.int64)) for items in bucket_items if len(items)]
+        if not self.buckets:
+            raise ValueError("the dataset is empty, so there is nothing to train on.")
+        self.global_batch_size, self.seed = global_batch_size, seed
+        self.batches_per_epoch = sum(-(-len(items) // global_batch_size) for items in self.buckets)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Item indices of the global batch of `step`: LongTensor (global_batch_size,), all of one bucket."""
+        if len(self.buckets) == 1:
+            positions = global_batch_indices(len(self.buckets[0]), self.global_batch_size, step, self.seed)
+            return self.buckets[0][positions]
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return self._epoch(epoch)[batch]
+
+    @functools.lru_cache(maxsize=2)
+    def _epoch(self, epoch: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(_mixed_seed(self.seed + 2, epoch))
+        batches = []
+        for items in self.buckets:
+            order = items[torch.randperm(len(items), generator=generator)]
+            count = -(-len(order) // self.global_batch_size)
+            wrapped = order.repeat(-(-count * self.global_batch_size // len(order)))
+            batches += list(wrapped[:count * self.global_batch_size].split(self.global_batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

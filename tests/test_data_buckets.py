@@ -1,0 +1,59 @@
+"""ldm/data/buckets.py: kohya-style bucket sizes; each image goes to the bucket nearest its aspect ratio and
+loses only what that bucket's rounding leaves over (checked on the pixels of a gradient image)."""
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ldm.data import open_dataset
+from ldm.data.buckets import BucketSpec, default_spec, resize_to_bucket
+
+
+def test_bucket_sizes_follow_the_rules():
+    spec = BucketSpec(resolution=64, min_reso=32, max_reso=128, step=8)
+    sizes = spec.sizes
+    assert (64, 64) in sizes and (40, 96) in sizes and (96, 40) in sizes
+    for width, height in sizes:
+        assert width % 8 == 0 and height % 8 == 0 and 32 <= min(width, height) and max(width, height) <= 128
+        assert width * height <= 64 * 64 and (height, width) in sizes
+    assert default_spec(512, min_reso=None, max_reso=None, step=None) == BucketSpec(512, 256, 1024, 64)
+    with pytest.raises(ValueError, match="--resolution 16 must lie between"):
+        BucketSpec(resolution=16, min_reso=32, max_reso=128, step=8)
+
+
+def _gradient(width, height):
+    """Red = x / (width - 1), green = y / (height - 1), both in 0..255: a pixel says where it came from."""
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).round().astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("size", [(256, 128), (128, 256), (200, 200), (300, 110), (90, 170), (160, 120)])
+def test_each_image_keeps_all_but_its_buckets_rounding(size):
+    spec = BucketSpec(resolution=64, min_reso=32, max_reso=128, step=8)
+    width, height = size
+    bucket = spec.nearest(width, height)
+    mismatch = abs(math.log(bucket[0] / bucket[1]) - math.log(width / height))
+    assert all(abs(math.log(w / h) - math.log(width / height)) >= mismatch for w, h in spec.sizes)
+    out = np.asarray(resize_to_bucket(_gradient(width, height), bucket), dtype=np.float64)
+    assert out.shape == (bucket[1], bucket[0], 3)
+    # The fraction of each axis that survives, read off the gradient at the first and last pixel.
+    kept_x = (out[:, -1, 0].mean() - out[:, 0, 0].mean()) / 255 * width / (width - 1)
+    kept_y = (out[-1, :, 1].mean() - out[0, :, 1].mean()) / 255 * height / (height - 1)
+    expected = math.exp(-mismatch)  # the axis that is too long keeps ratio_bucket / ratio_image of itself
+    assert min(kept_x, kept_y) == pytest.approx(expected, abs=0.04)
+    assert max(kept_x, kept_y) == pytest.approx(1.0, abs=0.04)  # the other axis is not cut at all
+    square_kept = min(width, height) / max(width, height)
+    assert min(kept_x, kept_y) >= square_kept - 0.04  # never more lost than a centre square would lose
+
+
+def test_folder_items_come_at_their_bucket_sizes(tmp_path):
+    for name, size in (("wide", (128, 64)), ("tall", (64, 128)), ("square", (96, 96))):
+        _gradient(*size).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(f"a {name} scene")
+    spec = default_spec(32, min_reso=None, max_reso=None, step=None)
+    dataset = open_dataset(tmp_path, resolution=32, buckets=spec)
+    shapes = {item["caption"]: tuple(item["pixel_values"].shape) for item in (dataset[i] for i in range(3))}
+    assert shapes == {"a square scene": (3, 32, 32), "a tall scene": (3, 40, 24), "a wide scene": (3, 24, 40)}
+    assert tuple(open_dataset(tmp_path, resolution=32)[0]["pixel_values"].shape) == (3, 32, 32)  # default
