@@ -45,12 +45,12 @@ def test_two_processes_build_the_one_process_cache(tmp_path, capsys):
 @pytest.mark.parametrize("extra, words", [(("--workers", "-1"), "--workers must be"),
                                           (("--chunk-size", "0"), "--chunk-size must be")])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, words):
-    assert main(_cache_args(tmp_path / "vae", tmp_path / "out", *extra)) == 1
+    assert main(_cache_args(tmp_path / "vae", tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0]
 
 
 def test_missing_vae_is_a_one_line_error(tmp_path, capsys):
-    assert main(_cache_args(tmp_path / "no_vae", tmp_path / "out")) == 1
+    assert main(_cache_args(tmp_path / "no_vae", tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "no_vae" in err[-1] and "Traceback" not in "".join(err)

@@ -135,7 +135,7 @@ def test_trains_from_a_cache_built_ahead_of_time(parts, tmp_path, capsys):
     tiny_vae(seed=1).save_pretrained(other_vae)
     args[args.index("--vae") + 1] = str(other_vae)
     capsys.readouterr()
-    assert train_ldm.main(args) == 1
+    assert train_ldm.main(args) == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "another VAE" in err[0]
 
