@@ -1,0 +1,212 @@
+"""The generator behind `ldm-serve`: one loaded pipeline, requests in, PNGs out, with progress and cancel.
+
+`Generator.run(job)` makes the images of one request exactly as `ldm-generate` does (same seeds, one generator
+per image, same PNG metadata), reporting each sampler step into the job and stopping at the next step once the
+job is cancelled. The queue that feeds it jobs one at a time is `pipelines.serve.jobs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import SchedulerMixin
+from PIL import Image
+
+import pipelines
+from pipelines.generate import GenerateConfig, ImageJob, image_seed, png_info
+from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
+from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
+from pipelines.serve.previews import fit_latent_rgb_map, preview_image
+
+logger = logging.getLogger("ldm-serve")
+
+DEFAULT_STEPS = 25  # ldm-generate's default
+# mode → the class in `pipelines` that serves it; a mode is offered only when its class can be imported.
+EDIT_PIPELINES = {"img2img": "ImageToImagePipeline", "inpaint": "InpaintPipeline"}
+
+
+@dataclass
+class GenerationRequest:
+    """One validated request. Image i (0-based, over all batches) is sampled from seed + i, as the `seed`
+    column of `ldm-generate`'s manifest, so any image of either tool is reproduced by its seed."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    sampler: str = DEFAULT_SCHEDULER
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # w + 1
+    seed: int = 0
+    width: int | None = None  # None: the model's size
+    height: int | None = None
+    num_images: int = 1
+    init_image: Image.Image | None = None  # img2img / inpaint
+    mask: Image.Image | None = None  # inpaint: white = repaint
+    strength: float = 0.75  # img2img / inpaint: how much of the schedule to run
+
+    @property
+    def mode(self) -> str:
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
+
+
+class JobCancelled(Exception):
+    """Raised inside the sampler callback to stop a cancelled job at the next step."""
+
+
+@dataclass
+class Job:
+    """A request's life in the server; the worker thread writes it, request handlers read it."""
+
+    id: str
+    request: GenerationRequest
+    state: str = "queued"  # queued → running → done | cancelled | failed
+    step: int = 0  # sampler steps finished, over all batches
+    total_steps: int = 1
+    preview: bytes | None = None  # PNG of the latest preview
+    preview_number: int = 0  # counts previews, so a client can tell a new one from the last
+    images: list[bytes] = field(default_factory=list)  # PNGs with metadata
+    seeds: list[int] = field(default_factory=list)
+    error: str | None = None
+    cancel_reason: str | None = None  # "interrupted" (cancel button, /interrupt) or "disconnected"
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+
+def png_bytes(image: Image.Image, pnginfo=None) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
+def folder_scheduler_config(model: str | Path) -> dict:
+    """The scheduler config as `load_pipeline` builds it from the folder, before any sampler swap.
+
+    `make_scheduler(name, this)` is then exactly what `ldm-generate --scheduler name` samples with.
+    """
+    import diffusers
+
+    index = json.loads((Path(model) / "model_index.json").read_text())
+    scheduler_class: type[SchedulerMixin] = getattr(diffusers, index["scheduler"][1])
+    return scheduler_class.from_pretrained(str(model), subfolder="scheduler").config
+
+
+def model_hash(model: str | Path) -> str:
+    """sha256 of the U-Net weights file(s): what AUTOMATIC1111 calls the checkpoint hash."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(model) / "unet").glob("*.safetensors")) or sorted((Path(model) / "unet").glob("*.bin")):
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Generator:
+    """Owns the loaded pipeline (one per device) and runs one job at a time on it."""
+
+    def __init__(self, pipe, *, model: str, autocast=None, batch_size: int = 4, preview_every: int = 1):
+        self.pipe = pipe
+        self.model = str(model)
+        self.autocast = autocast or contextlib.nullcontext()
+        self.batch_size = batch_size
+        self.preview_every = preview_every
+        self.scheduler_config = folder_scheduler_config(model)
+        self.rgb_map = fit_latent_rgb_map(pipe.vae, pipe.default_size)
+        self.edit = edit_pipelines(pipe)
+
+    @property
+    def modes(self) -> list[str]:
+        return ["txt2img", *self.edit]
+
+    def run(self, job: Job) -> None:
+        """Fill `job.images` (PNG bytes with `ldm-generate`'s metadata) batch by batch.
+
+        Raises JobCancelled when the job was cancelled; an "interrupted" job first gets the images of the
+        batch it was in, decoded from the latents of the last finished step (what AUTOMATIC1111 returns).
+        """
+        request = job.request
+        target = self.pipe if request.mode == "txt2img" else self.edit[request.mode]
+        target.scheduler = make_scheduler(request.sampler, self.scheduler_config)
+        config = generate_config(request, self.model)
+        jobs = [ImageJob(0, i, request.prompt, request.negative_prompt, image_seed(request.seed, 0, i, request.seed))
+                for i in range(request.num_images)]
+        batches = [jobs[i : i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
+        job.total_steps = request.steps * len(batches)
+        for number, batch in enumerate(batches):
+            images = self._run_batch(target, job, batch, number)
+            job.images += [png_bytes(image, png_info(item, config)) for item, image in zip(batch, images)]
+            job.seeds += [item.seed for item in batch]
+            if job.cancel_reason is not None:
+                raise JobCancelled(job.cancel_reason)
+
+    def _run_batch(self, target, job: Job, batch: list[ImageJob], number: int) -> list[Image.Image]:
+        request = job.request
+        last = {}
+
+        def callback(step: int, timestep, latents: torch.Tensor) -> None:
+            job.step = number * request.steps + step + 1
+            last["latents"] = latents
+            if job.cancel_reason is not None:
+                raise JobCancelled(job.cancel_reason)
+            if step % self.preview_every == 0:
+                size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
+                job.preview = png_bytes(preview_image(latents, self.rgb_map, size))
+                job.preview_number += 1
+
+        negatives = None if request.negative_prompt is None else [request.negative_prompt] * len(batch)
+        kwargs = edit_arguments(request)
+        try:
+            with self.autocast:
+                return target(
+                    [item.prompt for item in batch], negative_prompt=negatives,
+                    num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
+                    height=request.height, width=request.width, output_type="pil", callback=callback, **kwargs,
+                ).images
+        except JobCancelled:
+            if job.cancel_reason != "interrupted" or "latents" not in last:
+                raise
+            with torch.inference_mode(), self.autocast:
+                return self.pipe.decode(last["latents"], "pil")
+
+
+def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:
+    """The `ldm-generate` settings equal to `request`, for its PNG metadata."""
+    return GenerateConfig(
+        prompt=request.prompt, model=model, num_images=request.num_images, steps=request.steps,
+        guidance_scale=request.guidance_scale, seed=request.seed, scheduler=request.sampler,
+        negative_prompt=request.negative_prompt, height=request.height, width=request.width,
+    )
+
+
+def edit_pipelines(pipe) -> dict:
+    """Image-to-image / inpainting pipelines on `pipe`'s components, for the classes this install has.
+
+    They come from the `edit` work (`pipelines.ImageToImagePipeline(prompt, image, strength, …)`,
+    `pipelines.InpaintPipeline(prompt, image, mask_image, strength, …)`); until then only txt2img is served.
+    """
+    found = {}
+    for mode, name in EDIT_PIPELINES.items():
+        pipeline_class = getattr(pipelines, name, None)
+        if pipeline_class is not None:
+            found[mode] = pipeline_class(**pipe.components)
+            found[mode].set_progress_bar_config(disable=True)
+    return found
+
+
+def edit_arguments(request: GenerationRequest) -> dict:
+    """The keyword arguments the edit pipelines take on top of text-to-image's."""
+    if request.mode == "txt2img":
+        return {}
+    kwargs = {"image": request.init_image, "strength": request.strength}
+    if request.mode == "inpaint":
+        kwargs["mask_image"] = request.mask
+    return kwargs
