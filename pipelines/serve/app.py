@@ -169,7 +169,8 @@ async def job_events(queue: JobQueue, job: Job):
 
     If the client goes away, Starlette cancels this generator; `finally` then cancels the job.
     """
-    sent = (None, None)
+    sent = ("queued", queue.position(job))  # the first line always carries the job id (position 0: running)
+    yield line({"event": "queued", "job": job.id, "position": sent[1]})
     try:
         while True:
             position = queue.position(job)

@@ -52,7 +52,8 @@ function ordinal(n) {
 function handle(event, body) {
   currentJob = event.job;
   if (event.event === "queued") {
-    setStatus(event.position <= 1 ? "Next in the queue…" : `Waiting: ${ordinal(event.position)} in the queue`);
+    const place = event.position;
+    setStatus(place === 0 ? "Starting…" : place === 1 ? "Next in the queue…" : `Waiting: ${ordinal(place)} in the queue`);
   } else if (event.event === "progress") {
     setStatus(`Step ${event.step} of ${event.total}`);
     $("progress").value = event.step / event.total;
