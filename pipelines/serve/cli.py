@@ -89,7 +89,13 @@ def build_server(config: ServeConfig):
     generator = Generator(pipe, model=config.model, autocast=autocast, batch_size=config.batch_size,
                           preview_every=config.preview_every)
     queue = JobQueue(generator, max_waiting=config.max_queue).start()
-    limits = Limits(max_size=config.max_size, max_steps=config.max_steps, max_images=config.max_images)
+    # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the
+    # end at 1000 steps and dpm++ / unipc turn the latents into NaN at 999 (measured on the tiny test model).
+    max_steps = min(config.max_steps, pipe.scheduler.config.num_train_timesteps // 2)
+    if max_steps < config.max_steps:
+        logger.warning("--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps,
+                       max_steps)
+    limits = Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
     app = create_app(queue, model=config.model, model_hash=model_hash(config.model), limits=limits,
                      token=config.api_token, default_size=pipe.default_size, vae_factor=pipe.vae_scale_factor)
     logger.info("model %s on %s (%s); modes: %s", config.model, device, dtype, ", ".join(generator.modes))

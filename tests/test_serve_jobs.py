@@ -1,0 +1,44 @@
+"""pipelines/serve/jobs.py on a real generator: arrival order, places, cancel, a failure leaves the worker up."""
+import pytest
+from serving import tiny_model_folder
+
+from pipelines.folder import load_pipeline
+from pipelines.serve.engine import GenerationRequest, Generator
+from pipelines.serve.jobs import JobQueue, QueueFull
+
+
+@pytest.fixture(scope="module")
+def queue(tmp_path_factory):
+    model = tiny_model_folder(tmp_path_factory.mktemp("serve-jobs"))
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    queue = JobQueue(Generator(pipe, model=str(model)), max_waiting=2).start()
+    yield queue
+    queue.stop()
+
+
+def wait_running(queue, job):
+    while job.state == "queued" or job.step < 1:
+        assert queue.wait(job, 0.01) is False, f"{job.state}: {job.error}"
+
+
+def test_jobs_run_in_arrival_order_and_a_cancelled_waiting_job_frees_its_place(queue):
+    first = queue.submit(GenerationRequest(prompt="a red circle", steps=500))
+    wait_running(queue, first)
+    second = queue.submit(GenerationRequest(prompt="blue square", steps=2))
+    third = queue.submit(GenerationRequest(prompt="green triangle", steps=2))
+    assert [queue.position(j) for j in (first, second, third)] == [0, 1, 2]
+    with pytest.raises(QueueFull, match="--max-queue"):
+        queue.submit(GenerationRequest(prompt="a red circle"))
+    queue.cancel(second)
+    assert second.state == "cancelled" and second.started is None and queue.position(third) == 1
+    queue.cancel(first)
+    assert queue.wait(third, 60) and third.state == "done" and len(third.images) == 1
+    assert first.state == "cancelled" and first.step < 500 and first.finished <= third.started
+
+
+def test_a_failing_request_is_recorded_and_the_worker_goes_on(queue):
+    broken = queue.submit(GenerationRequest(prompt="a red circle", steps=2, height=30))  # not a multiple of 4
+    after = queue.submit(GenerationRequest(prompt="a red circle", steps=2))
+    assert queue.wait(broken, 60) and broken.state == "failed" and "multiple of the VAE factor" in broken.error
+    assert queue.wait(after, 60) and after.state == "done" and len(after.images) == 1
