@@ -61,6 +61,7 @@ function handle(event, body) {
   } else if (event.event === "done" || event.event === "cancelled") {
     $("progress").value = event.event === "done" ? 1 : $("progress").value;
     setStatus(event.event === "done" ? `Done: ${event.images.length} image(s).` : "Cancelled.");
+    if (event.images.length) $("preview").src = event.images[0];
     event.images.forEach((src, i) => addResult(src, {...body, seed: event.seeds[i], batch_size: 1}));
   } else if (event.event === "error") {
     setStatus(`Failed: ${event.error}`, true);
