@@ -2,8 +2,8 @@
 
     python benchmarks/serve_overhead.py --model runs/quickstart/stage2 [--steps 25] [--rounds 3] [--clients 4]
 
-Starts a real `ldm-serve` process on a free localhost port and, interleaved with it (the server idles while the
-baseline runs, and the other way round), times:
+Starts a real `ldm-serve` process on a free localhost port and, interleaved with it (the server idles while
+the baseline runs, and the other way round), times:
 - one image: request → first live preview and → final image over the page's stream (`/api/generate`), and
   → answer over `/sdapi/v1/txt2img`, against one `pipe(...)` call as `ldm-generate` makes it;
 - `--clients` clients sending one image each at once to `/sdapi/v1/txt2img`: images/s, against the same images
@@ -11,8 +11,8 @@ baseline runs, and the other way round), times:
 Prints medians over the rounds and the ratios server / baseline.
 
 OMP_WAIT_POLICY=PASSIVE is set for both sides (before torch loads): on a CPU shared with other work, OpenMP's
-spinning barriers made 25 steps of the tiny test model take 5–60 s on the main thread against 0.4 s in a worker
-thread (2 cores, load 8); with passive waiting both take 0.4 s, so the ratios measure the server, not that.
+spinning barriers made 25 steps of the tiny test model take 5–60 s on the main thread against 0.4 s in a
+worker thread (2 cores, load 8); with passive waiting both take 0.4 s, so the ratios measure the server, not that.
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ PROMPT = "a red circle on the left"
 
 def start_server(model: str, port: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipelines.serve", "--model", model, "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -99,8 +104,11 @@ def direct(pipe, steps: int, seeds: list[int], *, batched: bool) -> float:
     batches = [seeds] if batched else [[seed] for seed in seeds]
     start = time.perf_counter()
     for batch in batches:
-        pipe([PROMPT] * len(batch), num_inference_steps=steps, generator=[torch.Generator().manual_seed(s)
-                                                                           for s in batch])
+        pipe(
+            [PROMPT] * len(batch),
+            num_inference_steps=steps,
+            generator=[torch.Generator().manual_seed(s) for s in batch],
+        )
     return time.perf_counter() - start
 
 
@@ -121,8 +129,18 @@ def main() -> None:
     server = start_server(args.model, port)
     seeds = list(range(args.clients))
     body = {"prompt": PROMPT, "steps": args.steps, "seed": 0}
-    rows = {name: [] for name in ("direct_one", "preview", "stream_final", "api_one", "direct_seq", "direct_batch",
-                                  "server_rate")}
+    rows = {
+        name: []
+        for name in (
+            "direct_one",
+            "preview",
+            "stream_final",
+            "api_one",
+            "direct_seq",
+            "direct_batch",
+            "server_rate",
+        )
+    }
     try:
         direct(pipe, args.steps, [0], batched=True), api_seconds(port, body)  # warm-up, both sides
         for _ in range(args.rounds):
@@ -138,16 +156,20 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     m = {name: statistics.median(values) for name, values in rows.items()}
-    print(f"model {args.model}, {args.steps} steps, {args.rounds} rounds, device {device}, "
-          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(
+        f"model {args.model}, {args.steps} steps, {args.rounds} rounds, device {device}, "
+        f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    )
     print(f"one image, in-process pipe call (ldm-generate):  {m['direct_one']:.3f} s")
-    print(f"one image, ldm-serve stream: first preview {m['preview']:.3f} s, final image {m['stream_final']:.3f} s "
-          f"(x{m['stream_final'] / m['direct_one']:.3f} of in-process)")
-    print(f"one image, ldm-serve /sdapi/v1/txt2img:           {m['api_one']:.3f} s "
-          f"(x{m['api_one'] / m['direct_one']:.3f} of in-process)")
-    print(f"{args.clients} clients at once: ldm-serve {m['server_rate']:.3f} images/s; in-process one at a time "
-          f"{m['direct_seq']:.3f} images/s (server x{m['server_rate'] / m['direct_seq']:.3f}); in-process "
-          f"batch of {args.clients} {m['direct_batch']:.3f} images/s (server x{m['server_rate'] / m['direct_batch']:.3f})")
+    stream, api = m["stream_final"] / m["direct_one"], m["api_one"] / m["direct_one"]
+    print(f"one image, ldm-serve stream: first preview {m['preview']:.3f} s, ", end="")
+    print(f"final image {m['stream_final']:.3f} s (x{stream:.3f} of in-process)")
+    print(f"one image, ldm-serve /sdapi/v1/txt2img: {m['api_one']:.3f} s (x{api:.3f} of in-process)")
+    rate = m["server_rate"]
+    print(f"{args.clients} clients at once: ldm-serve {rate:.3f} images/s")
+    print(f"  in-process one at a time {m['direct_seq']:.3f} images/s (server x{rate / m['direct_seq']:.3f})")
+    print(f"  in-process batch of {args.clients} {m['direct_batch']:.3f} images/s "
+          f"(server x{rate / m['direct_batch']:.3f})")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 `shared_server()` starts one per test process (the start costs seconds of imports) and stops it at exit.
 Requests go through plain urllib / http.client, as any client's would.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -36,8 +37,14 @@ START_TIMEOUT = 180  # seconds: importing torch + diffusers on a loaded 2-core m
 
 def tiny_model_folder(root: Path) -> Path:
     tokenizer = tiny_tokenizer(root / "tokenizer")
-    return save_pipeline_folder(root / "pipe", vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
-                                tokenizer=tokenizer, unet=tiny_unet(), scheduler=DDPMScheduler())
+    return save_pipeline_folder(
+        root / "pipe",
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=tiny_unet(),
+        scheduler=DDPMScheduler(),
+    )
 
 
 def free_port() -> int:
@@ -77,8 +84,12 @@ class Server:
     def connection(self, method: str, path: str, body) -> http.client.HTTPConnection:
         """A request sent but not read: the caller reads (or hangs up) later."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        connection.request(method, path, json.dumps(body),
-                           {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        connection.request(
+            method,
+            path,
+            json.dumps(body),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
         return connection
 
     def alive(self) -> bool:

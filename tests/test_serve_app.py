@@ -1,5 +1,6 @@
 """pipelines/serve/app.py through a real `ldm-serve` process: the page's event stream, queue order, cancel,
 hang-ups, and the token on every route."""
+
 import base64
 import json
 import threading
@@ -41,13 +42,18 @@ def test_stream_reports_place_steps_previews_then_images_and_a_seed_reproduces(s
     assert done["seeds"] == [11, 12] and len(done["images"]) == 2
     again = []
     stream(server, {"prompt": "a green triangle", "steps": 12, "seed": 12, "batch_size": 1}, again)
-    assert np.abs(pixels(decode_png(again[-1]["images"][0])) - pixels(decode_png(done["images"][1]))).max() <= 1
+    assert (
+        np.abs(pixels(decode_png(again[-1]["images"][0])) - pixels(decode_png(done["images"][1]))).max() <= 1
+    )
 
 
 def test_waiting_clients_see_their_place_run_in_arrival_order_and_cancel_stops_a_run(server):
     logs = {name: [] for name in "abc"}
-    bodies = {"a": {"prompt": "a red circle", "steps": 500}, "b": {"prompt": "blue square", "steps": 3},
-              "c": {"prompt": "green triangle", "steps": 3}}
+    bodies = {
+        "a": {"prompt": "a red circle", "steps": 500},
+        "b": {"prompt": "blue square", "steps": 3},
+        "c": {"prompt": "green triangle", "steps": 3},
+    }
     threads = {}
     for name in "abc":
         threads[name] = threading.Thread(target=stream, args=(server, bodies[name], logs[name]))
@@ -73,14 +79,24 @@ def test_hanging_up_a_stream_cancels_its_job(server):
     stream(server, {"prompt": "a red circle", "steps": 500}, events, stop_after=3)
     assert events[-1]["event"] == "progress"
     deadline = time.monotonic() + 30
-    while server.request("GET", "/sdapi/v1/progress")[1]["state"]["job_count"] and time.monotonic() < deadline:
+    while (
+        server.request("GET", "/sdapi/v1/progress")[1]["state"]["job_count"] and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert server.request("GET", "/sdapi/v1/progress")[1]["state"]["job_count"] == 0
 
 
-@pytest.mark.parametrize("path, method", [("/", "GET"), ("/static/app.js", "GET"), ("/api/config", "GET"),
-                                          ("/sdapi/v1/samplers", "GET"), ("/sdapi/v1/interrupt", "POST"),
-                                          ("/sdapi/v1/txt2img", "POST")])
+@pytest.mark.parametrize(
+    "path, method",
+    [
+        ("/", "GET"),
+        ("/static/app.js", "GET"),
+        ("/api/config", "GET"),
+        ("/sdapi/v1/samplers", "GET"),
+        ("/sdapi/v1/interrupt", "POST"),
+        ("/sdapi/v1/txt2img", "POST"),
+    ],
+)
 def test_every_route_needs_the_token(server, path, method):
     body = {} if method == "POST" else None
     for token in (None, "wrong"):
@@ -91,7 +107,9 @@ def test_every_route_needs_the_token(server, path, method):
 
 def test_the_token_as_basic_auth_password_or_page_cookie(server):
     basic = base64.b64encode(f"user:{TOKEN}".encode()).decode()
-    request = urllib.request.Request(server.url + "/sdapi/v1/sd-models", headers={"Authorization": f"Basic {basic}"})
+    request = urllib.request.Request(
+        server.url + "/sdapi/v1/sd-models", headers={"Authorization": f"Basic {basic}"}
+    )
     with urllib.request.urlopen(request) as response:
         assert response.status == 200
     with urllib.request.urlopen(f"{server.url}/?token={TOKEN}") as response:

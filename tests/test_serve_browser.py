@@ -5,6 +5,7 @@ browser sessions at once both get their images.
 LDM_SERVE_MODEL=DIR serves that pipeline folder instead of the tiny one; LDM_SERVE_SCREENSHOT=PATH also saves
 the page after the first generation there (the README's screenshot is made so, on the quickstart model).
 """
+
 import json
 import os
 import shutil
@@ -18,12 +19,24 @@ from serving import SERVER_FLAGS, TOKEN, decode_png, shared_server, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no chromium + chromedriver (Debian: apt-get install chromium chromium-driver)")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1100,800")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
+)
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no chromium + chromedriver (Debian: apt-get install chromium chromium-driver)",
+)
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1100,800",
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +96,11 @@ def fill(driver, **values):
 def state(driver) -> dict:
     return driver.execute_script(
         "return {progress: document.getElementById('progress').value,"
-        " preview: document.getElementById('preview').src, status: document.getElementById('status').textContent,"
+        " preview: document.getElementById('preview').src,"
+        " status: document.getElementById('status').textContent,"
         " results: document.querySelectorAll('#gallery .result img').length,"
-        " generating: document.getElementById('generate').disabled}")
+        " generating: document.getElementById('generate').disabled}"
+    )
 
 
 def test_type_a_prompt_generate_see_progress_and_previews_then_the_image(browser, server, tmp_path):

@@ -1,16 +1,20 @@
 """pipelines/serve/cli.py: user mistakes are one line and exit status 2, before anything loads or listens."""
+
 import pytest
 
 from pipelines.serve.cli import ServeConfig, is_loopback, main
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--model", "/nonexistent/pipe"], "not a pipeline folder"),
-    ([], "--model is required"),
-    (["--model", "m", "--host", "0.0.0.0"], "--api-token"),
-    (["--model", "m", "--max-steps", "0"], "--max-steps must be at least 1"),
-    (["--model", "m", "--port", "70000"], "--port"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--model", "/nonexistent/pipe"], "not a pipeline folder"),
+        ([], "--model is required"),
+        (["--model", "m", "--host", "0.0.0.0"], "--api-token"),
+        (["--model", "m", "--max-steps", "0"], "--max-steps must be at least 1"),
+        (["--model", "m", "--port", "70000"], "--port"),
+    ],
+)
 def test_mistakes_exit_2_with_one_line(argv, words, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()

@@ -1,5 +1,6 @@
 """pipelines/serve/engine.py: the server's images are the pipeline's for seed + i, with ldm-generate's
 samplers and metadata; an interrupt returns the image as far as it got."""
+
 import io
 import json
 import threading
@@ -14,8 +15,14 @@ from serving import tiny_model_folder
 import pipelines
 from pipelines.folder import load_pipeline
 from pipelines.schedulers import SCHEDULERS, make_scheduler
-from pipelines.serve.engine import (EDIT_PIPELINES, GenerationRequest, Generator, Job, JobCancelled,
-                                    folder_scheduler_config)
+from pipelines.serve.engine import (
+    EDIT_PIPELINES,
+    GenerationRequest,
+    Generator,
+    Job,
+    JobCancelled,
+    folder_scheduler_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +45,26 @@ def png(data: bytes) -> Image.Image:
 def test_each_sampler_is_built_as_ldm_generate_builds_it(model, name):
     loaded = load_pipeline(model).scheduler  # what ldm-generate hands make_scheduler
     assert dict(make_scheduler(name, folder_scheduler_config(model)).config) == dict(
-        make_scheduler(name, loaded.config).config)
+        make_scheduler(name, loaded.config).config
+    )
 
 
 def test_image_i_is_the_pipelines_image_for_seed_plus_i_across_batches(generator, model):
-    request = GenerationRequest(prompt="a red circle", negative_prompt="blue", sampler="euler-a", steps=3, seed=40,
-                                num_images=3)  # two batches of at most 2
+    request = GenerationRequest(
+        prompt="a red circle", negative_prompt="blue", sampler="euler-a", steps=3, seed=40, num_images=3
+    )  # two batches of at most 2
     job = Job(id="x", request=request)
     generator.run(job)
     assert job.seeds == [40, 41, 42] and len(job.images) == 3 and job.step == job.total_steps == 6
     reference = load_pipeline(model)
     reference.scheduler = make_scheduler("euler-a", reference.scheduler.config)
     for seed, data in zip(job.seeds, job.images):
-        expected = reference("a red circle", negative_prompt="blue", num_inference_steps=3,
-                             generator=torch.Generator().manual_seed(seed)).images[0]
+        expected = reference(
+            "a red circle",
+            negative_prompt="blue",
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(seed),
+        ).images[0]
         image = png(data)
         assert np.abs(np.asarray(image, np.int16) - np.asarray(expected, np.int16)).max() <= 1
         assert json.loads(image.text["seed"]) == seed and image.text["scheduler"] == "euler-a"
@@ -79,4 +92,6 @@ def test_an_interrupt_stops_at_the_next_step_with_the_image_so_far(generator):
 
 
 def test_modes_are_text_to_image_plus_the_edit_pipelines_this_install_has(generator):
-    assert generator.modes == ["txt2img"] + [m for m, name in EDIT_PIPELINES.items() if hasattr(pipelines, name)]
+    assert generator.modes == ["txt2img"] + [
+        m for m, name in EDIT_PIPELINES.items() if hasattr(pipelines, name)
+    ]

@@ -1,4 +1,5 @@
-"""pipelines/serve/jobs.py on a real generator: arrival order, places, cancel, a failure leaves the worker up."""
+"""pipelines/serve/jobs.py: arrival order, places, cancel; a failure leaves the worker up."""
+
 import pytest
 from serving import tiny_model_folder
 
@@ -40,5 +41,7 @@ def test_jobs_run_in_arrival_order_and_a_cancelled_waiting_job_frees_its_place(q
 def test_a_failing_request_is_recorded_and_the_worker_goes_on(queue):
     broken = queue.submit(GenerationRequest(prompt="a red circle", steps=2, height=30))  # not a multiple of 4
     after = queue.submit(GenerationRequest(prompt="a red circle", steps=2))
-    assert queue.wait(broken, 60) and broken.state == "failed" and "multiple of the VAE factor" in broken.error
+    assert (
+        queue.wait(broken, 60) and broken.state == "failed" and "multiple of the VAE factor" in broken.error
+    )
     assert queue.wait(after, 60) and after.state == "done" and len(after.images) == 1

@@ -1,4 +1,5 @@
 """pipelines/serve/previews.py: the fitted latent → RGB map is the least-squares one and tracks the decode."""
+
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ def test_the_map_solves_the_normal_equations_of_its_fit(tmp_path):
     vae = tiny_vae()
     rgb_map = fit_latent_rgb_map(vae, 32)
     latents, targets = fit_data(vae, 32)
-    x = torch.cat([latents.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(latents[:, :1].numel(), 1)], 1).double()
+    x = torch.cat(
+        [latents.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(latents[:, :1].numel(), 1)], 1
+    ).double()
     expected = torch.linalg.solve(x.T @ x, x.T @ targets.reshape(-1, 3).double())  # (XᵀX) W = XᵀY
     assert rgb_map.shape == (5, 3) and torch.allclose(rgb_map.double(), expected, atol=1e-4)
 
@@ -33,7 +36,11 @@ def test_previews_are_images_of_the_requested_size_in_range():
     latents = torch.zeros(2, 4, 8, 8)
     latents[0, 0, :, :4] = 1.0  # left half: red channel 0.5 + 2
     rgb = latents_to_rgb(latents, rgb_map)
-    assert rgb.shape == (2, 8, 8, 3) and rgb[0, 0, 0].tolist() == [1.0, 0.5, 0.5] and rgb[0, 0, 7].tolist() == [0.5] * 3
+    assert (
+        rgb.shape == (2, 8, 8, 3)
+        and rgb[0, 0, 0].tolist() == [1.0, 0.5, 0.5]
+        and rgb[0, 0, 7].tolist() == [0.5] * 3
+    )
     image = preview_image(latents, rgb_map, (48, 32))
     assert image.size == (48, 32) and image.getpixel((0, 0)) == (255, 128, 128)
 

@@ -1,4 +1,5 @@
 """`python -m pipelines.serve …` is `ldm-serve …`."""
+
 import sys
 
 from pipelines.serve.cli import main

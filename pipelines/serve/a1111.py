@@ -106,8 +106,11 @@ def decode_image(text: str, field: str, max_size: int) -> Image.Image:
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise RequestError(field, f"{field} is base64 but not an image PIL can read (send a PNG).") from None
     if max(image.size) > max_size:
-        raise RequestError(field, f"{field} is {image.width}×{image.height}; this server takes images up to "
-                                  f"{max_size} pixels a side (--max-size).")
+        raise RequestError(
+            field,
+            f"{field} is {image.width}×{image.height}; this server takes images up to "
+            f"{max_size} pixels a side (--max-size).",
+        )
     return image.convert("RGB")
 
 
@@ -132,16 +135,24 @@ def to_generation_request(body: Txt2ImgRequest, limits: Limits, vae_factor: int)
     check_range("batch_size", body.batch_size, 1)
     check_range("n_iter", body.n_iter, 1)
     if body.batch_size * body.n_iter > limits.max_images:
-        raise RequestError("batch_size", f"batch_size × n_iter = {body.batch_size * body.n_iter} images; this "
-                                         f"server makes at most {limits.max_images} per request (--max-images).")
+        raise RequestError(
+            "batch_size",
+            f"batch_size × n_iter = {body.batch_size * body.n_iter} images; this "
+            f"server makes at most {limits.max_images} per request (--max-images).",
+        )
     check_size("width", body.width, vae_factor, limits)
     check_size("height", body.height, vae_factor, limits)
     check_range("seed", body.seed, -1, MAX_SEED - limits.max_images)
     request = GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt or None,
-        sampler=sampler_key(body.sampler_name or body.sampler_index), steps=body.steps,
-        guidance_scale=body.cfg_scale, seed=random.randrange(2**32) if body.seed == -1 else body.seed,
-        width=body.width, height=body.height, num_images=body.batch_size * body.n_iter,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or None,
+        sampler=sampler_key(body.sampler_name or body.sampler_index),
+        steps=body.steps,
+        guidance_scale=body.cfg_scale,
+        seed=random.randrange(2**32) if body.seed == -1 else body.seed,
+        width=body.width,
+        height=body.height,
+        num_images=body.batch_size * body.n_iter,
     )
     if isinstance(body, Img2ImgRequest):
         add_images(request, body, limits)
@@ -159,29 +170,46 @@ def add_images(request: GenerationRequest, body: Img2ImgRequest, limits: Limits)
         request.mask = mask.point(lambda v: 255 - v) if body.inpainting_mask_invert else mask
 
 
-def generation_response(body: Txt2ImgRequest, request: GenerationRequest, job: Job, model_name: str,
-                        model_hash: str) -> dict:
+def generation_response(
+    body: Txt2ImgRequest, request: GenerationRequest, job: Job, model_name: str, model_hash: str
+) -> dict:
     """`{"images": [base64 PNG], "parameters": the request, "info": JSON string}` as A1111 answers."""
     count = len(job.images)
     info = {
-        "prompt": request.prompt, "all_prompts": [request.prompt] * count,
-        "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * count,
-        "seed": request.seed, "all_seeds": job.seeds, "subseed": -1, "all_subseeds": [-1] * count,
-        "subseed_strength": 0, "width": job_size(job, 0), "height": job_size(job, 1),
-        "sampler_name": SAMPLER_NAMES[request.sampler][0], "cfg_scale": request.guidance_scale,
-        "steps": request.steps, "batch_size": body.batch_size, "restore_faces": False,
-        "sd_model_name": model_name, "sd_model_hash": model_hash[:10],
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": body.negative_prompt,
+        "all_negative_prompts": [body.negative_prompt] * count,
+        "seed": request.seed,
+        "all_seeds": job.seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * count,
+        "subseed_strength": 0,
+        "width": job_size(job, 0),
+        "height": job_size(job, 1),
+        "sampler_name": SAMPLER_NAMES[request.sampler][0],
+        "cfg_scale": request.guidance_scale,
+        "steps": request.steps,
+        "batch_size": body.batch_size,
+        "restore_faces": False,
+        "sd_model_name": model_name,
+        "sd_model_hash": model_hash[:10],
         "denoising_strength": request.strength if request.init_image is not None else None,
         "extra_generation_params": {"guidance weight w": request.guidance_scale - 1},
-        "index_of_first_image": 0, "infotexts": [infotext(request, seed, model_name, model_hash, job)
-                                                 for seed in job.seeds],
-        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
-        "clip_skip": 1, "is_using_inpainting_conditioning": request.mode == "inpaint",
+        "index_of_first_image": 0,
+        "infotexts": [infotext(request, seed, model_name, model_hash, job) for seed in job.seeds],
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": request.mode == "inpaint",
         "interrupted": job.cancel_reason == "interrupted",
     }
     parameters = body.model_dump(exclude={"init_images", "mask"})
-    return {"images": [base64.b64encode(png).decode() for png in job.images], "parameters": parameters,
-            "info": json.dumps(info)}
+    return {
+        "images": [base64.b64encode(png).decode() for png in job.images],
+        "parameters": parameters,
+        "info": json.dumps(info),
+    }
 
 
 def job_size(job: Job, axis: int) -> int | None:
@@ -195,39 +223,71 @@ def infotext(request: GenerationRequest, seed: int, model_name: str, model_hash:
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    lines.append(f"Steps: {request.steps}, Sampler: {SAMPLER_NAMES[request.sampler][0]}, "
-                 f"CFG scale: {request.guidance_scale}, Seed: {seed}, Size: {job_size(job, 0)}x{job_size(job, 1)}, "
-                 f"Model hash: {model_hash[:10]}, Model: {model_name}")
+    lines.append(
+        f"Steps: {request.steps}, Sampler: {SAMPLER_NAMES[request.sampler][0]}, "
+        f"CFG scale: {request.guidance_scale}, Seed: {seed}, Size: {job_size(job, 0)}x{job_size(job, 1)}, "
+        f"Model hash: {model_hash[:10]}, Model: {model_name}"
+    )
     return "\n".join(lines)
 
 
 def samplers() -> list[dict]:
     """`GET /sdapi/v1/samplers`: `[{"name", "aliases", "options"}]`, only the samplers this server has."""
-    return [{"name": title, "aliases": [key, *aliases], "options": {}}
-            for key, (title, aliases) in SAMPLER_NAMES.items() if key in SCHEDULERS]
+    return [
+        {"name": title, "aliases": [key, *aliases], "options": {}}
+        for key, (title, aliases) in SAMPLER_NAMES.items()
+        if key in SCHEDULERS
+    ]
 
 
 def sd_models(model: str, model_name: str, model_hash: str) -> list[dict]:
     """`GET /sdapi/v1/sd-models`: the one loaded pipeline folder."""
-    return [{"title": f"{model_name} [{model_hash[:10]}]", "model_name": model_name, "hash": model_hash[:10],
-             "sha256": model_hash, "filename": model, "config": None}]
+    return [
+        {
+            "title": f"{model_name} [{model_hash[:10]}]",
+            "model_name": model_name,
+            "hash": model_hash[:10],
+            "sha256": model_hash,
+            "filename": model,
+            "config": None,
+        }
+    ]
 
 
 def progress(job: Job | None, waiting: int, skip_current_image: bool) -> dict:
     """`GET /sdapi/v1/progress` for the running job: fraction done, ETA, state, the latest preview."""
-    state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
-             "job_count": waiting, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+    state = {
+        "skipped": False,
+        "interrupted": False,
+        "stopping_generation": False,
+        "job": "",
+        "job_count": waiting,
+        "job_timestamp": "0",
+        "job_no": 0,
+        "sampling_step": 0,
+        "sampling_steps": 0,
+    }
     if job is None or job.started is None:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     fraction = min(job.step / max(job.total_steps, 1), 1.0)
     elapsed = time.time() - job.started
     steps = job.request.steps
-    state.update({
-        "interrupted": job.cancel_reason is not None, "job": job.id, "job_count": waiting + 1,
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
-        "job_no": job.step // steps if steps else 0, "sampling_step": job.step % steps if steps else 0,
-        "sampling_steps": steps,
-    })
+    state.update(
+        {
+            "interrupted": job.cancel_reason is not None,
+            "job": job.id,
+            "job_count": waiting + 1,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
+            "job_no": job.step // steps if steps else 0,
+            "sampling_step": job.step % steps if steps else 0,
+            "sampling_steps": steps,
+        }
+    )
     image = None if skip_current_image or job.preview is None else base64.b64encode(job.preview).decode()
-    return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction > 0 else 0.0,
-            "state": state, "current_image": image, "textinfo": f"step {job.step} of {job.total_steps}"}
+    return {
+        "progress": fraction,
+        "eta_relative": elapsed / fraction - elapsed if fraction > 0 else 0.0,
+        "state": state,
+        "current_image": image,
+        "textinfo": f"step {job.step} of {job.total_steps}",
+    }

@@ -1,7 +1,7 @@
 """`ldm-serve`: load a pipeline folder once and serve the web page and the AUTOMATIC1111 API on it.
 
-    ldm-serve --model runs/quickstart/stage2                 # http://127.0.0.1:7860
-    ldm-serve --model DIR --host 0.0.0.0 --api-token SECRET  # reachable from other machines, token required
+ldm-serve --model runs/quickstart/stage2                 # http://127.0.0.1:7860
+ldm-serve --model DIR --host 0.0.0.0 --api-token SECRET  # reachable from other machines, token required
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ class ServeConfig:
     """Serve a pipeline folder as a web page and an AUTOMATIC1111-compatible API."""
 
     model: str = option("", "pipeline folder (ours or any diffusers SD-1.x/2.x)")
-    host: str = option("127.0.0.1", "address to listen on; anything but loopback needs --api-token or --insecure")
+    host: str = option(
+        "127.0.0.1", "address to listen on; anything but loopback needs --api-token or --insecure"
+    )
     port: int = option(7860, "port (7860 is AUTOMATIC1111's, so its clients find us)")
-    api_token: str | None = option(None, "token required on every route: 'Authorization: Bearer TOKEN', HTTP "
-                                         "Basic password, or the page opened as /?token=TOKEN")
+    api_token: str | None = option(
+        None,
+        "token required on every route: 'Authorization: Bearer TOKEN', HTTP "
+        "Basic password, or the page opened as /?token=TOKEN",
+    )
     insecure: bool = option(False, "allow a non-loopback --host without --api-token")
     max_size: int = option(1024, "largest width/height (and input image side) a request may ask for, pixels")
     max_steps: int = option(150, "most sampler steps a request may ask for")
@@ -43,10 +48,14 @@ class ServeConfig:
     max_queue: int = option(16, "most requests waiting behind the running one; more get 503")
     batch_size: int = option(4, "images per U-Net batch, as ldm-generate's --batch-size")
     preview_every: int = option(1, "send a live preview every N sampler steps")
-    scheduler: str = option(DEFAULT_SCHEDULER, "sampler the pipeline is loaded with (requests may pick any)",
-                            choices=SCHEDULERS)
-    dtype: str = option("auto", "auto (CUDA: bf16 or fp16; CPU: fp32), fp32, bf16 (CPU: autocast), fp16 (CUDA)",
-                        choices=DTYPES)
+    scheduler: str = option(
+        DEFAULT_SCHEDULER, "sampler the pipeline is loaded with (requests may pick any)", choices=SCHEDULERS
+    )
+    dtype: str = option(
+        "auto",
+        "auto (CUDA: bf16 or fp16; CPU: fp32), fp32, bf16 (CPU: autocast), fp16 (CUDA)",
+        choices=DTYPES,
+    )
     attention: str = option("auto", "attention kernel: auto, sdpa, xformers")
     compile: bool = option(False, "torch.compile the U-Net (minutes of warm-up; faster after)")
 
@@ -59,8 +68,10 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be between 0 and 65535, got {self.port}.")
         if not is_loopback(self.host) and not (self.api_token or self.insecure):
-            raise ValueError(f"--host {self.host} lets other machines use this server: give --api-token TOKEN "
-                             "(or --insecure to serve without one).")
+            raise ValueError(
+                f"--host {self.host} lets other machines use this server: give --api-token TOKEN "
+                "(or --insecure to serve without one)."
+            )
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -84,20 +95,36 @@ def build_server(config: ServeConfig):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(config.dtype, device)
     pipe = prepare_pipeline(config, device, dtype)  # reads model, scheduler, attention, compile
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if device.type == "cpu" and dtype == torch.bfloat16
-                else contextlib.nullcontext())
-    generator = Generator(pipe, model=config.model, autocast=autocast, batch_size=config.batch_size,
-                          preview_every=config.preview_every)
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if device.type == "cpu" and dtype == torch.bfloat16
+        else contextlib.nullcontext()
+    )
+    generator = Generator(
+        pipe,
+        model=config.model,
+        autocast=autocast,
+        batch_size=config.batch_size,
+        preview_every=config.preview_every,
+    )
     queue = JobQueue(generator, max_waiting=config.max_queue).start()
     # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the
     # end at 1000 steps and dpm++ / unipc turn the latents into NaN at 999 (measured on the tiny test model).
     max_steps = min(config.max_steps, pipe.scheduler.config.num_train_timesteps // 2)
     if max_steps < config.max_steps:
-        logger.warning("--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps,
-                       max_steps)
+        logger.warning(
+            "--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps, max_steps
+        )
     limits = Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
-    app = create_app(queue, model=config.model, model_hash=model_hash(config.model), limits=limits,
-                     token=config.api_token, default_size=pipe.default_size, vae_factor=pipe.vae_scale_factor)
+    app = create_app(
+        queue,
+        model=config.model,
+        model_hash=model_hash(config.model),
+        limits=limits,
+        token=config.api_token,
+        default_size=pipe.default_size,
+        vae_factor=pipe.vae_scale_factor,
+    )
     logger.info("model %s on %s (%s); modes: %s", config.model, device, dtype, ", ".join(generator.modes))
     return app, queue
 
@@ -106,11 +133,15 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     if not is_loopback(config.host):
-        logger.warning("listening on %s: anyone who can reach this machine can use the server%s", config.host,
-                       "" if config.api_token else " (--insecure: no token!)")
+        logger.warning(
+            "listening on %s: anyone who can reach this machine can use the server%s",
+            config.host,
+            "" if config.api_token else " (--insecure: no token!)",
+        )
     app, queue = build_server(config)
-    logger.info("serving on http://%s:%d%s", config.host, config.port,
-                "/?token=…" if config.api_token else "")
+    logger.info(
+        "serving on http://%s:%d%s", config.host, config.port, "/?token=…" if config.api_token else ""
+    )
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     finally:

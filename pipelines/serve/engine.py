@@ -102,7 +102,9 @@ def folder_scheduler_config(model: str | Path) -> dict:
 def model_hash(model: str | Path) -> str:
     """sha256 of the U-Net weights file(s): what AUTOMATIC1111 calls the checkpoint hash."""
     digest = hashlib.sha256()
-    for path in sorted((Path(model) / "unet").glob("*.safetensors")) or sorted((Path(model) / "unet").glob("*.bin")):
+    for path in sorted((Path(model) / "unet").glob("*.safetensors")) or sorted(
+        (Path(model) / "unet").glob("*.bin")
+    ):
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -136,8 +138,12 @@ class Generator:
         target = self.pipe if request.mode == "txt2img" else self.edit[request.mode]
         target.scheduler = make_scheduler(request.sampler, self.scheduler_config)
         config = generate_config(request, self.model)
-        jobs = [ImageJob(0, i, request.prompt, request.negative_prompt, image_seed(request.seed, 0, i, request.seed))
-                for i in range(request.num_images)]
+        jobs = [
+            ImageJob(
+                0, i, request.prompt, request.negative_prompt, image_seed(request.seed, 0, i, request.seed)
+            )
+            for i in range(request.num_images)
+        ]
         batches = [jobs[i : i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
         job.total_steps = request.steps * len(batches)
         for number, batch in enumerate(batches):
@@ -166,10 +172,16 @@ class Generator:
         try:
             with self.autocast:
                 return target(
-                    [item.prompt for item in batch], negative_prompt=negatives,
-                    num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                    [item.prompt for item in batch],
+                    negative_prompt=negatives,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale,
                     generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
-                    height=request.height, width=request.width, output_type="pil", callback=callback, **kwargs,
+                    height=request.height,
+                    width=request.width,
+                    output_type="pil",
+                    callback=callback,
+                    **kwargs,
                 ).images
         except JobCancelled:
             if job.cancel_reason != "interrupted" or "latents" not in last:
@@ -181,9 +193,16 @@ class Generator:
 def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:
     """The `ldm-generate` settings equal to `request`, for its PNG metadata."""
     return GenerateConfig(
-        prompt=request.prompt, model=model, num_images=request.num_images, steps=request.steps,
-        guidance_scale=request.guidance_scale, seed=request.seed, scheduler=request.sampler,
-        negative_prompt=request.negative_prompt, height=request.height, width=request.width,
+        prompt=request.prompt,
+        model=model,
+        num_images=request.num_images,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        scheduler=request.sampler,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
     )
 
 

@@ -1,7 +1,8 @@
 """The job queue: one worker thread per device runs jobs in arrival order; waiting jobs know their place.
 
 A job cancelled while waiting leaves the queue at once (its place is freed); a running one stops at the next
-sampler step. Whatever a job raises is caught, logged and recorded in the job: the worker and the server go on.
+sampler step. Whatever a job raises is caught, logged and recorded in the job: the worker and the server
+go on.
 """
 
 from __future__ import annotations
@@ -57,15 +58,17 @@ class JobQueue:
         job = Job(id=uuid.uuid4().hex[:12], request=request, created=time.time())
         with self._condition:
             if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting (the server's --max-queue); "
-                                "try again later.")
+                raise QueueFull(
+                    f"{len(self._waiting)} requests are already waiting (the server's --max-queue); "
+                    "try again later."
+                )
             self._done_events[job.id] = threading.Event()
             self._waiting.append(job)
             self._condition.notify_all()
         return job
 
     def position(self, job: Job) -> int:
-        """0 while the job runs (or has finished), k while k - 1 jobs wait ahead of it after the running one."""
+        """0 while the job runs (or has finished), k while k - 1 jobs wait between it and the running one."""
         with self._condition:
             try:
                 return self._waiting.index(job) + 1

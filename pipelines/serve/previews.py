@@ -37,8 +37,8 @@ def synthetic_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
 def fit_latent_rgb_map(vae, size: int, *, count: int = FIT_IMAGES, seed: int = 0) -> torch.Tensor:
     """Least-squares `(C + 1, 3)` map from a scaled latent cell `[z_1 … z_C, 1]` to RGB in [0, 1].
 
-    size: image side in pixels (the model's size). Targets are the VAE's decodes of the latents, average-pooled
-    to latent resolution, so the preview approximates what the final decode will show.
+    size: image side in pixels (the model's size). Targets are the VAE's decodes of the latents,
+    average-pooled to latent resolution, so the preview approximates what the final decode will show.
     """
     param = next(vae.parameters())
     images = synthetic_images(count, size, seed).to(device=param.device, dtype=param.dtype)
