@@ -60,8 +60,8 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str | None = ""  # clients send null for "not set"; it means the empty string
+    negative_prompt: str | None = ""
     steps: int = DEFAULT_STEPS
     cfg_scale: float = DEFAULT_GUIDANCE_SCALE
     width: int | None = None  # None: the model's size
@@ -144,7 +144,7 @@ def to_generation_request(body: Txt2ImgRequest, limits: Limits, vae_factor: int)
     check_size("height", body.height, vae_factor, limits)
     check_range("seed", body.seed, -1, MAX_SEED - limits.max_images)
     request = GenerationRequest(
-        prompt=body.prompt,
+        prompt=body.prompt or "",
         negative_prompt=body.negative_prompt or None,
         sampler=sampler_key(body.sampler_name or body.sampler_index),
         steps=body.steps,
