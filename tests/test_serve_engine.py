@@ -91,6 +91,16 @@ def test_an_interrupt_stops_at_the_next_step_with_the_image_so_far(generator):
     assert job.preview is not None and png(job.preview).size == (32, 32) and job.preview_number >= 3
 
 
+def test_a_vae_preview_of_the_last_step_is_the_final_image(generator, model):
+    vae_previews = Generator(generator.pipe, model=str(model), preview="vae")
+    job = Job(id="x", request=GenerationRequest(prompt="a blue square", steps=3, seed=8))
+    vae_previews.run(job)
+    assert job.preview_number == 3
+    assert np.array_equal(np.asarray(png(job.preview)), np.asarray(png(job.images[0])))
+    with pytest.raises(ValueError, match="preview must be one of"):
+        Generator(generator.pipe, model=str(model), preview="fast")
+
+
 def test_modes_are_text_to_image_plus_the_edit_pipelines_this_install_has(generator):
     assert generator.modes == ["txt2img"] + [
         m for m, name in EDIT_PIPELINES.items() if hasattr(pipelines, name)

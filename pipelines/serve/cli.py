@@ -21,6 +21,7 @@ from ldm.training.config import build_parser, option
 from pipelines.folder import check_pipeline_folder
 from pipelines.generate import DTYPES, pick_dtype, prepare_pipeline
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from pipelines.serve.engine import PREVIEWS
 
 logger = logging.getLogger("ldm-serve")
 
@@ -48,6 +49,12 @@ class ServeConfig:
     max_queue: int = option(16, "most requests waiting behind the running one; more get 503")
     batch_size: int = option(4, "images per U-Net batch, as ldm-generate's --batch-size")
     preview_every: int = option(1, "send a live preview every N sampler steps")
+    preview: str = option(
+        "linear",
+        "linear: a latent-to-RGB map fitted to the VAE (free, rough); vae: a real decode (exact, costs about a "
+        "U-Net step each time; pair with --preview-every)",
+        choices=PREVIEWS,
+    )
     scheduler: str = option(
         DEFAULT_SCHEDULER, "sampler the pipeline is loaded with (requests may pick any)", choices=SCHEDULERS
     )
@@ -106,6 +113,7 @@ def build_server(config: ServeConfig):
         autocast=autocast,
         batch_size=config.batch_size,
         preview_every=config.preview_every,
+        preview=config.preview,
     )
     queue = JobQueue(generator, max_waiting=config.max_queue).start()
     # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the

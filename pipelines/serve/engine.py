@@ -30,6 +30,7 @@ logger = logging.getLogger("ldm-serve")
 DEFAULT_STEPS = 25  # ldm-generate's default
 # mode → the class in `pipelines` that serves it; a mode is offered only when its class can be imported.
 EDIT_PIPELINES = {"img2img": "ImageToImagePipeline", "inpaint": "InpaintPipeline"}
+PREVIEWS = ("linear", "vae")
 
 
 @dataclass
@@ -114,14 +115,28 @@ def model_hash(model: str | Path) -> str:
 class Generator:
     """Owns the loaded pipeline (one per device) and runs one job at a time on it."""
 
-    def __init__(self, pipe, *, model: str, autocast=None, batch_size: int = 4, preview_every: int = 1):
+    def __init__(
+        self,
+        pipe,
+        *,
+        model: str,
+        autocast=None,
+        batch_size: int = 4,
+        preview_every: int = 1,
+        preview: str = "linear",
+    ):
+        """preview: "linear" (the fitted latent → RGB map, free) or "vae" (a full decode of the first image,
+        exact but about a U-Net step's cost each time)."""
+        if preview not in PREVIEWS:
+            raise ValueError(f"preview must be one of {', '.join(PREVIEWS)}, got {preview!r}.")
         self.pipe = pipe
         self.model = str(model)
         self.autocast = autocast or contextlib.nullcontext()
         self.batch_size = batch_size
         self.preview_every = preview_every
+        self.preview = preview
         self.scheduler_config = folder_scheduler_config(model)
-        self.rgb_map = fit_latent_rgb_map(pipe.vae, pipe.default_size)
+        self.rgb_map = fit_latent_rgb_map(pipe.vae, pipe.default_size) if preview == "linear" else None
         self.edit = edit_pipelines(pipe)
 
     @property
@@ -163,8 +178,7 @@ class Generator:
             if job.cancel_reason is not None:
                 raise JobCancelled(job.cancel_reason)
             if step % self.preview_every == 0:
-                size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
-                job.preview = png_bytes(preview_image(latents, self.rgb_map, size))
+                job.preview = png_bytes(self._preview(latents, request))
                 job.preview_number += 1
 
         negatives = None if request.negative_prompt is None else [request.negative_prompt] * len(batch)
@@ -188,6 +202,14 @@ class Generator:
                 raise
             with torch.inference_mode(), self.autocast:
                 return self.pipe.decode(last["latents"], "pil")
+
+
+    def _preview(self, latents: torch.Tensor, request: GenerationRequest) -> Image.Image:
+        """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled."""
+        if self.preview == "vae":
+            return self.pipe.decode(latents[:1], "pil")[0]
+        size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
+        return preview_image(latents, self.rgb_map, size)
 
 
 def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:
