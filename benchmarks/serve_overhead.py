@@ -1,6 +1,11 @@
 """Serving overhead: `ldm-serve` over HTTP against `ldm-generate`'s pipeline called in-process, same work.
 
     python benchmarks/serve_overhead.py --model runs/quickstart/stage2 [--steps 25] [--rounds 3] [--clients 4]
+    python benchmarks/serve_overhead.py --architecture-of runs/quickstart/stage2/train_config.json
+
+The second form times a model before it is trained: a pipeline folder with the architecture that
+train_config.json describes (its trained VAE, a fresh U-Net and text encoder), since speed does not depend on
+the weights' values.
 
 Starts a real `ldm-serve` process on a free localhost port and, interleaved with it (the server idles while
 the baseline runs, and the other way round), times:
@@ -26,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -112,13 +118,46 @@ def direct(pipe, steps: int, seeds: list[int], *, batched: bool) -> float:
     return time.perf_counter() - start
 
 
+def architecture_folder(train_config: Path, out_dir: Path) -> Path:
+    """A pipeline folder shaped as `train_ldm` with `train_config` would save it, untrained but for the VAE."""
+    from transformers import CLIPTokenizer
+
+    from autoencoder.presets import build_vae
+    from ldm.objective import make_noise_scheduler
+    from ldm.text_encoder import build_text_encoder
+    from ldm.unet import build_unet
+    from pipelines.folder import save_pipeline_folder
+    from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+    config = json.loads(train_config.read_text())
+    vae = build_vae(pretrained=config["vae"])
+    tokenizer = CLIPTokenizer.from_pretrained(str(train_config.parent / "tokenizer"))
+    text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config["text_preset"])
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    unet = build_unet(preset=config["preset"], cross_attention_dim=text_encoder.config.hidden_size,
+                      sample_size=config["resolution"] // factor, in_channels=vae.config.latent_channels,
+                      norm_num_groups=config["norm_num_groups"])
+    noise = make_noise_scheduler(beta_schedule=config["beta_schedule"], prediction_type=config["prediction_type"],
+                                 zero_terminal_snr=config["zero_terminal_snr"],
+                                 num_train_timesteps=config["num_train_timesteps"])
+    scheduler = make_scheduler(DEFAULT_SCHEDULER, noise.config)
+    return save_pipeline_folder(out_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                scheduler=scheduler)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="pipeline folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="pipeline folder")
+    source.add_argument("--architecture-of", type=Path, help="a train_config.json: time an untrained folder of "
+                        "its architecture (written to a temporary folder)")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps (ldm-generate's default)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--clients", type=int, default=4, help="clients sending one image each at once")
     args = parser.parse_args()
+    if args.architecture_of:
+        torch.manual_seed(0)
+        args.model = str(architecture_folder(args.architecture_of, Path(tempfile.mkdtemp()) / "pipe"))
 
     config = GenerateConfig(prompt=PROMPT, model=args.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
