@@ -118,6 +118,15 @@ def direct(pipe, steps: int, seeds: list[int], *, batched: bool) -> float:
     return time.perf_counter() - start
 
 
+def in_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)` run on a fresh thread, as the server's worker runs the pipeline."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function(*args, **kwargs)))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 def architecture_folder(train_config: Path, out_dir: Path) -> Path:
     """A pipeline folder shaped as `train_ldm` with `train_config` would save it, untrained but for the VAE."""
     from transformers import CLIPTokenizer
@@ -172,6 +181,7 @@ def main() -> None:
         name: []
         for name in (
             "direct_one",
+            "thread_one",
             "preview",
             "stream_final",
             "api_one",
@@ -184,6 +194,7 @@ def main() -> None:
         direct(pipe, args.steps, [0], batched=True), api_seconds(port, body)  # warm-up, both sides
         for _ in range(args.rounds):
             rows["direct_one"].append(direct(pipe, args.steps, [0], batched=True))
+            rows["thread_one"].append(in_thread(direct, pipe, args.steps, [0], batched=True))
             preview, final = stream_timings(port, body)
             rows["preview"].append(preview)
             rows["stream_final"].append(final)
@@ -200,9 +211,11 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
     )
     print(f"one image, in-process pipe call (ldm-generate):  {m['direct_one']:.3f} s")
+    print(f"one image, the same call on a worker thread (as the server makes it): {m['thread_one']:.3f} s")
+    thread_ratio = m["stream_final"] / m["thread_one"]
     stream, api = m["stream_final"] / m["direct_one"], m["api_one"] / m["direct_one"]
     print(f"one image, ldm-serve stream: first preview {m['preview']:.3f} s, ", end="")
-    print(f"final image {m['stream_final']:.3f} s (x{stream:.3f} of in-process)")
+    print(f"final image {m['stream_final']:.3f} s (x{stream:.3f} of in-process, x{thread_ratio:.3f} of the thread)")
     print(f"one image, ldm-serve /sdapi/v1/txt2img: {m['api_one']:.3f} s (x{api:.3f} of in-process)")
     rate = m["server_rate"]
     print(f"{args.clients} clients at once: ldm-serve {rate:.3f} images/s")
