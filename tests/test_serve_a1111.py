@@ -88,7 +88,12 @@ def test_nulls_mean_not_set_as_clients_send_them(server):
     body = {"prompt": "a red circle", "negative_prompt": None, "sampler_name": None, "width": None, "seed": 4}
     status, answer = server.request("POST", "/sdapi/v1/txt2img", {**body, "steps": 2})
     info = json.loads(answer["info"]) if status == 200 else answer
-    assert status == 200 and info["all_seeds"] == [4] and info["width"] == 32 and info["sampler_name"] == "DPM++ 2M"
+    assert (
+        status == 200
+        and info["all_seeds"] == [4]
+        and info["width"] == 32
+        and info["sampler_name"] == "DPM++ 2M"
+    )
 
 
 def test_lists_samplers_models_and_idle_progress_as_a1111_does(server):

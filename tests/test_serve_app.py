@@ -52,7 +52,7 @@ def test_waiting_clients_see_their_place_run_in_arrival_order_and_cancel_stops_a
     bodies = {
         "a": {"prompt": "a red circle", "steps": 500},
         "b": {"prompt": "blue square", "steps": 3},
-        "c": {"prompt": "green triangle", "steps": 3},
+        "c": {"prompt": "green triangle", "steps": 3, "width": 16},  # not batchable with b: runs after it
     }
     threads = {}
     for name in "abc":

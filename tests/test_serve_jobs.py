@@ -45,3 +45,17 @@ def test_a_failing_request_is_recorded_and_the_worker_goes_on(queue):
         queue.wait(broken, 60) and broken.state == "failed" and "multiple of the VAE factor" in broken.error
     )
     assert queue.wait(after, 60) and after.state == "done" and len(after.images) == 1
+
+
+def test_waiting_jobs_that_can_share_a_batch_run_together_in_arrival_order(queue):
+    first = queue.submit(GenerationRequest(prompt="a red circle", steps=500))
+    wait_running(queue, first)
+    b = queue.submit(GenerationRequest(prompt="blue square", steps=3, seed=1))
+    c = queue.submit(GenerationRequest(prompt="green triangle", steps=3, seed=2))
+    queue.cancel(first)
+    while b.state == "queued":  # --max-queue 2: make room
+        queue.wait(b, 0.01)
+    d = queue.submit(GenerationRequest(prompt="a red circle", steps=3, width=16))  # other size: its own batch
+    assert all(queue.wait(job, 60) for job in (b, c, d))
+    assert b.state == c.state == d.state == "done" and b.started == c.started < d.started
+    assert b.seeds == [1] and c.seeds == [2] and len(b.images) == len(c.images) == 1

@@ -254,14 +254,16 @@ def sd_models(model: str, model_name: str, model_hash: str) -> list[dict]:
     ]
 
 
-def progress(job: Job | None, waiting: int, skip_current_image: bool) -> dict:
-    """`GET /sdapi/v1/progress` for the running job: fraction done, ETA, state, the latest preview."""
+def progress(job: Job | None, job_count: int, skip_current_image: bool) -> dict:
+    """`GET /sdapi/v1/progress` for the running job: fraction done, ETA, state, the latest preview.
+
+    job_count: jobs running or waiting."""
     state = {
         "skipped": False,
         "interrupted": False,
         "stopping_generation": False,
         "job": "",
-        "job_count": waiting,
+        "job_count": job_count,
         "job_timestamp": "0",
         "job_no": 0,
         "sampling_step": 0,
@@ -276,7 +278,7 @@ def progress(job: Job | None, waiting: int, skip_current_image: bool) -> dict:
         {
             "interrupted": job.cancel_reason is not None,
             "job": job.id,
-            "job_count": waiting + 1,
+            "job_count": job_count,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
             "job_no": job.step // steps if steps else 0,
             "sampling_step": job.step % steps if steps else 0,

@@ -160,12 +160,12 @@ def add_a1111_routes(app: FastAPI, served: Served) -> None:
 
     @app.get("/sdapi/v1/progress")
     async def progress(skip_current_image: bool = False):
-        return a1111.progress(queue.current, queue.waiting, skip_current_image)
+        return a1111.progress(queue.current, queue.job_count, skip_current_image)
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
-        if queue.current is not None:
-            queue.cancel(queue.current, "interrupted")
+        for job in list(queue.running):  # a batch of several clients' jobs stops as a whole
+            queue.cancel(job, "interrupted")
         return {}
 
     @app.get("/sdapi/v1/sd-models")

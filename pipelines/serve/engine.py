@@ -62,7 +62,7 @@ class JobCancelled(Exception):
     """Raised inside the sampler callback to stop a cancelled job at the next step."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
 class Job:
     """A request's life in the server; the worker thread writes it, request handlers read it."""
 
@@ -143,66 +143,77 @@ class Generator:
     def modes(self) -> list[str]:
         return ["txt2img", *self.edit]
 
-    def run(self, job: Job) -> None:
-        """Fill `job.images` (PNG bytes with `ldm-generate`'s metadata) batch by batch.
+    def run(self, jobs: list[Job], on_cancel=None) -> None:
+        """Fill each job's `images` (PNG bytes with `ldm-generate`'s metadata) and `seeds`, batch by batch.
 
-        Raises JobCancelled when the job was cancelled; an "interrupted" job first gets the images of the
-        batch it was in, decoded from the latents of the last finished step (what AUTOMATIC1111 returns).
+        jobs: one job, or several `batchable` ones whose images fit one batch (the queue groups them: one
+        U-Net call for all, each image still from its own seed, so each job gets what it would alone).
+        A job cancelled while others in its batch go on is dropped at the next step and handed to
+        `on_cancel(job)`; when every job of the batch is cancelled the batch stops, and "interrupted" jobs get
+        their images decoded from the latents of the last finished step (what AUTOMATIC1111 returns).
         """
-        request = job.request
+        request = jobs[0].request
         target = self.pipe if request.mode == "txt2img" else self.edit[request.mode]
         target.scheduler = make_scheduler(request.sampler, self.scheduler_config)
-        config = generate_config(request, self.model)
-        jobs = [
-            ImageJob(
-                0, i, request.prompt, request.negative_prompt, image_seed(request.seed, 0, i, request.seed)
-            )
-            for i in range(request.num_images)
-        ]
-        batches = [jobs[i : i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
-        job.total_steps = request.steps * len(batches)
-        for number, batch in enumerate(batches):
-            images = self._run_batch(target, job, batch, number)
-            job.images += [png_bytes(image, png_info(item, config)) for item, image in zip(batch, images)]
-            job.seeds += [item.seed for item in batch]
-            if job.cancel_reason is not None:
-                raise JobCancelled(job.cancel_reason)
+        items = [(job, image_job(job.request, i)) for job in jobs for i in range(job.request.num_images)]
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        for job in jobs:
+            job.total_steps = request.steps * sum(any(j is job for j, _ in batch) for batch in batches)
+        for batch in batches:
+            images = self._run_batch(target, batch, on_cancel or (lambda job: None))
+            for (job, item), image in zip(batch, images):
+                if job.state != "cancelled":
+                    config = generate_config(job.request, self.model)
+                    job.images.append(png_bytes(image, png_info(item, config)))
+                    job.seeds.append(item.seed)
+            if all(job.cancel_reason is not None for job, _ in batch):
+                return
 
-    def _run_batch(self, target, job: Job, batch: list[ImageJob], number: int) -> list[Image.Image]:
-        request = job.request
+    def _run_batch(self, target, batch: list[tuple[Job, ImageJob]], on_cancel) -> list[Image.Image]:
+        request = batch[0][0].request
+        jobs = list(dict.fromkeys(job for job, _ in batch))  # in order, each once
+        first_image = {job: next(i for i, (j, _) in enumerate(batch) if j is job) for job in jobs}
+        done_before = {job: job.step for job in jobs}
         last = {}
 
         def callback(step: int, timestep, latents: torch.Tensor) -> None:
-            job.step = number * request.steps + step + 1
             last["latents"] = latents
-            if job.cancel_reason is not None:
-                raise JobCancelled(job.cancel_reason)
-            if step % self.preview_every == 0:
-                job.preview = png_bytes(self._preview(latents, request))
-                job.preview_number += 1
+            stopped = [job for job in jobs if job.cancel_reason is not None]
+            if len(stopped) == len(jobs):
+                raise JobCancelled(stopped[0].cancel_reason)
+            for job in jobs:
+                if job in stopped:
+                    if job.state != "cancelled":
+                        on_cancel(job)  # the others go on; this one's client is answered now
+                    continue
+                job.step = done_before[job] + step + 1
+                if step % self.preview_every == 0:
+                    index = first_image[job]
+                    job.preview = png_bytes(self._preview(latents[index : index + 1], request))
+                    job.preview_number += 1
 
-        negatives = None if request.negative_prompt is None else [request.negative_prompt] * len(batch)
-        kwargs = edit_arguments(request)
+        negatives = [item.negative_prompt for _, item in batch]
         try:
             with self.autocast:
                 return target(
-                    [item.prompt for item in batch],
-                    negative_prompt=negatives,
+                    [item.prompt for _, item in batch],
+                    negative_prompt=(
+                        None if all(n is None for n in negatives) else [n or "" for n in negatives]
+                    ),
                     num_inference_steps=request.steps,
                     guidance_scale=request.guidance_scale,
-                    generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
+                    generator=[torch.Generator("cpu").manual_seed(item.seed) for _, item in batch],
                     height=request.height,
                     width=request.width,
                     output_type="pil",
                     callback=callback,
-                    **kwargs,
+                    **edit_arguments(request),
                 ).images
         except JobCancelled:
-            if job.cancel_reason != "interrupted" or "latents" not in last:
-                raise
+            if "latents" not in last or not any(job.cancel_reason == "interrupted" for job in jobs):
+                return []
             with torch.inference_mode(), self.autocast:
                 return self.pipe.decode(last["latents"], "pil")
-
 
     def _preview(self, latents: torch.Tensor, request: GenerationRequest) -> Image.Image:
         """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled."""
@@ -210,6 +221,29 @@ class Generator:
             return self.pipe.decode(latents[:1], "pil")[0]
         size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
         return preview_image(latents, self.rgb_map, size)
+
+
+def image_job(request: GenerationRequest, index: int) -> ImageJob:
+    """Image `index` of a request as `ldm-generate` names and seeds it: seed + index."""
+    seed = image_seed(request.seed, 0, index, request.seed)
+    return ImageJob(0, index, request.prompt, request.negative_prompt, seed)
+
+
+def batchable(first: GenerationRequest, other: GenerationRequest) -> bool:
+    """Whether two requests' images can share one pipeline call: text-to-image with the same sampler, steps,
+    guidance and size (prompts, negative prompts and seeds may differ: each image has its own generator)."""
+
+    def key(request: GenerationRequest):
+        return (
+            request.mode,
+            request.sampler,
+            request.steps,
+            request.guidance_scale,
+            request.width,
+            request.height,
+        )
+
+    return first.mode == "txt2img" and key(first) == key(other)
 
 
 def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:

@@ -1,8 +1,9 @@
 """The job queue: one worker thread per device runs jobs in arrival order; waiting jobs know their place.
 
 A job cancelled while waiting leaves the queue at once (its place is freed); a running one stops at the next
-sampler step. Whatever a job raises is caught, logged and recorded in the job: the worker and the server
-go on.
+sampler step. Jobs at the head of the queue that can share a batch (`engine.batchable`, up to the generator's
+batch size in images) run together in one pipeline call, each image from its own seed, as `ldm-generate` batches
+its images. Whatever a job raises is caught, logged and recorded in the job: the worker and the server go on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 import uuid
 
-from pipelines.serve.engine import GenerationRequest, Job, JobCancelled
+from pipelines.serve.engine import GenerationRequest, Job, batchable
 
 logger = logging.getLogger("ldm-serve")
 
@@ -25,12 +26,12 @@ class QueueFull(Exception):
 
 
 class JobQueue:
-    """FIFO of jobs for one `Generator` (anything with `run(job)`), worked by one daemon thread."""
+    """FIFO of jobs for one `Generator` (`run(jobs, on_cancel)`, `batch_size`), worked by one daemon thread."""
 
     def __init__(self, generator, *, max_waiting: int = 16):
         self.generator = generator
         self.max_waiting = max_waiting
-        self.current: Job | None = None
+        self.running: list[Job] = []
         self._waiting: collections.deque[Job] = collections.deque()
         self._condition = threading.Condition()
         self._done_events: dict[str, threading.Event] = {}
@@ -48,8 +49,8 @@ class JobQueue:
             for job in list(self._waiting):
                 self._finish(job, "cancelled")
             self._waiting.clear()
-            if self.current is not None:
-                self.current.cancel_reason = "interrupted"
+            for job in self.running:
+                job.cancel_reason = "interrupted"
             self._condition.notify_all()
         self._thread.join(timeout)
 
@@ -67,6 +68,12 @@ class JobQueue:
             self._condition.notify_all()
         return job
 
+    @property
+    def current(self) -> Job | None:
+        """The first running job (AUTOMATIC1111's "current job"), or None."""
+        running = self.running
+        return running[0] if running else None
+
     def position(self, job: Job) -> int:
         """0 while the job runs (or has finished), k while k - 1 jobs wait between it and the running one."""
         with self._condition:
@@ -78,12 +85,16 @@ class JobQueue:
     def find(self, job_id: str) -> Job | None:
         """The running or a waiting job with this id (None once it has finished)."""
         with self._condition:
-            candidates = [self.current, *self._waiting] if self.current is not None else list(self._waiting)
-            return next((job for job in candidates if job.id == job_id), None)
+            return next((job for job in [*self.running, *self._waiting] if job.id == job_id), None)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def job_count(self) -> int:
+        """Jobs running or waiting."""
+        return len(self.running) + len(self._waiting)
 
     def cancel(self, job: Job, reason: str = "interrupted") -> None:
         """Free a waiting job's place, or stop a running one at its next step (`reason` is recorded)."""
@@ -101,6 +112,9 @@ class JobQueue:
         return True if event is None else event.wait(timeout)
 
     def _finish(self, job: Job, state: str) -> None:
+        if state == "done" and job.cancel_reason is not None:
+            state = "cancelled"
+            logger.info("job %s stopped at step %d (%s)", job.id, job.step, job.cancel_reason)
         job.state = state
         job.finished = time.time()
         event = self._done_events.pop(job.id, None)
@@ -114,22 +128,43 @@ class JobQueue:
                     self._condition.wait()
                 if self._stopping:
                     return
-                job = self._waiting.popleft()
-                job.state, job.started = "running", time.time()
-                self.current = job
-            state = self._run(job)
+                group = self._take_group()
+                started = time.time()
+                for job in group:
+                    job.state, job.started = "running", started
+                self.running = group
+            state = self._run(group)
             with self._condition:
-                self._finish(job, state)
-                self.current = None
+                for job in group:
+                    if job.state == "running":
+                        self._finish(job, state)
+                self.running = []
 
-    def _run(self, job: Job) -> str:
+    def _take_group(self) -> list[Job]:
+        """The head job, with the jobs right behind it that can share its batch (caller holds the lock)."""
+        group = [self._waiting.popleft()]
+        images = group[0].request.num_images
+        while self._waiting and batchable(group[0].request, self._waiting[0].request):
+            images += self._waiting[0].request.num_images
+            if images > self.generator.batch_size:
+                break
+            group.append(self._waiting.popleft())
+        return group
+
+    def _cancel_running(self, job: Job) -> None:
+        """A job dropped from a batch that goes on: answer its client now."""
+        with self._condition:
+            if job.state == "running":
+                self._finish(job, "cancelled")
+
+    def _run(self, group: list[Job]) -> str:
+        """Run a group; return the state for its jobs still running: "done", or "failed" for all on an error
+        (a cancelled job's state is "cancelled" whatever this returns, see `_finish`)."""
         try:
-            self.generator.run(job)
-        except JobCancelled:
-            logger.info("job %s stopped at step %d (%s)", job.id, job.step, job.cancel_reason)
-            return "cancelled"
+            self.generator.run(group, on_cancel=self._cancel_running)
         except Exception as error:  # a failing request must never take the worker (and the server) down
-            logger.exception("job %s failed", job.id)
-            job.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            logger.exception("jobs %s failed", ", ".join(job.id for job in group))
+            for job in group:
+                job.error = f"{type(error).__name__}: {error}".splitlines()[0]
             return "failed"
         return "done"
