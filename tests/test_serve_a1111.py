@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from serving import decode_png, encode_png, pixels, shared_server
+from serving import decode_png, encode_png, in_thread, pixels, shared_server
 from PIL import Image
 
 import pipelines
@@ -36,28 +36,9 @@ def server():
 
 def test_txt2img_gives_ldm_generates_images_seeds_and_png_metadata(server, tmp_path):
     out = tmp_path / "generate"
-    assert (
-        ldm_generate(
-            [
-                "a red circle",
-                "--model",
-                str(server.model),
-                "--out",
-                str(out),
-                "--steps",
-                "3",
-                "-n",
-                "2",
-                "--seed",
-                "7",
-                "--scheduler",
-                "euler",
-                "--dtype",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    argv = ["a red circle", "--model", str(server.model), "--out", str(out), "--steps", "3", "-n", "2"]
+    argv += ["--seed", "7", "--scheduler", "euler", "--dtype", "fp32"]
+    assert in_thread(ldm_generate, argv) == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     body = {
         "prompt": "a red circle",

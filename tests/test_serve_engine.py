@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serving import tiny_model_folder
+from serving import in_thread, tiny_model_folder
 
 import pipelines
 from pipelines.folder import load_pipeline
@@ -54,12 +54,13 @@ def test_image_i_is_the_pipelines_image_for_seed_plus_i_across_batches(generator
         prompt="a red circle", negative_prompt="blue", sampler="euler-a", steps=3, seed=40, num_images=3
     )  # two batches of at most 2
     job = Job(id="x", request=request)
-    generator.run([job])
+    in_thread(generator.run, [job])
     assert job.seeds == [40, 41, 42] and len(job.images) == 3 and job.step == job.total_steps == 6
     reference = load_pipeline(model)
     reference.scheduler = make_scheduler("euler-a", reference.scheduler.config)
     for seed, data in zip(job.seeds, job.images):
-        expected = reference(
+        expected = in_thread(
+            reference,
             "a red circle",
             negative_prompt="blue",
             num_inference_steps=3,
@@ -83,7 +84,7 @@ def test_an_interrupt_stops_at_the_next_step_with_the_image_so_far(generator):
 
     watcher = threading.Thread(target=interrupt_once_running)
     watcher.start()
-    generator.run([job])
+    in_thread(generator.run, [job])
     watcher.join()
     assert seen[0] <= job.step <= seen[0] + 2 < 500  # at most the step under way finishes
     assert len(job.images) == 1 and png(job.images[0]).size == (32, 32) and job.seeds == [0]
@@ -93,7 +94,7 @@ def test_an_interrupt_stops_at_the_next_step_with_the_image_so_far(generator):
 def test_a_vae_preview_of_the_last_step_is_the_final_image(generator, model):
     vae_previews = Generator(generator.pipe, model=str(model), preview="vae")
     job = Job(id="x", request=GenerationRequest(prompt="a blue square", steps=3, seed=8))
-    vae_previews.run([job])
+    in_thread(vae_previews.run, [job])
     assert job.preview_number == 3
     assert np.array_equal(np.asarray(png(job.preview)), np.asarray(png(job.images[0])))
     with pytest.raises(ValueError, match="preview must be one of"):
@@ -107,10 +108,10 @@ def test_jobs_sharing_a_batch_get_the_images_they_would_get_alone(generator):
     ]
     assert batchable(*requests) and not batchable(requests[0], GenerationRequest(prompt="x", steps=4))
     together = [Job(id=str(i), request=r) for i, r in enumerate(requests)]
-    generator.run(together)  # one pipeline call for both
+    in_thread(generator.run, together)  # one pipeline call for both
     for job in together:
         alone = Job(id="alone", request=job.request)
-        generator.run([alone])
+        in_thread(generator.run, [alone])
         assert job.seeds == alone.seeds and job.step == job.total_steps == 3
         ours, theirs = png(job.images[0]), png(alone.images[0])
         assert np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)).max() <= 1
@@ -130,7 +131,11 @@ def test_a_job_cancelled_in_a_shared_batch_is_dropped_and_the_other_goes_on(gene
 
     watcher = threading.Thread(target=cancel_first_once_running)
     watcher.start()
-    generator.run(jobs, on_cancel=lambda job: dropped.append(job.id) or setattr(job, "state", "cancelled"))
+    in_thread(
+        generator.run,
+        jobs,
+        on_cancel=lambda job: dropped.append(job.id) or setattr(job, "state", "cancelled"),
+    )
     watcher.join()
     assert dropped == ["0"] and jobs[0].images == [] and jobs[0].step < 40
     assert len(jobs[1].images) == 1 and jobs[1].step == 40

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from serving import in_thread
 from tiny_components import tiny_vae
 
 from pipelines.serve.previews import fit_latent_rgb_map, latents_to_rgb, preview_image, synthetic_images
@@ -24,8 +25,8 @@ def fit_data(vae, size):
 
 def test_the_map_solves_the_normal_equations_of_its_fit(tmp_path):
     vae = tiny_vae()
-    rgb_map = fit_latent_rgb_map(vae, 32)
-    latents, targets = fit_data(vae, 32)
+    rgb_map = in_thread(fit_latent_rgb_map, vae, 32)
+    latents, targets = in_thread(fit_data, vae, 32)
     x = torch.cat(
         [latents.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(latents[:, :1].numel(), 1)], 1
     ).double()
