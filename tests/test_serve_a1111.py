@@ -86,6 +86,7 @@ def test_lists_samplers_models_and_idle_progress_as_a1111_does(server):
     assert (
         models[0]["title"] == f"{server.model.name} [{models[0]['hash']}]" and len(models[0]["sha256"]) == 64
     )
+    assert server.request("GET", "/sdapi/v1/options")[1]["sd_model_checkpoint"] == models[0]["title"]
     status, progress = server.request("GET", "/sdapi/v1/progress")
     assert status == 200 and progress["progress"] == 0 and progress["current_image"] is None
     assert {"job_count", "sampling_step", "sampling_steps", "interrupted"} <= set(progress["state"])

@@ -176,6 +176,15 @@ def add_a1111_routes(app: FastAPI, served: Served) -> None:
     async def samplers():
         return a1111.samplers()
 
+    @app.get("/sdapi/v1/options")
+    async def options():  # clients read the loaded checkpoint here; we report, never change, settings
+        return {
+            "sd_model_checkpoint": a1111.sd_models(served.model, served.model_name, served.model_hash)[0][
+                "title"
+            ],
+            "samples_format": "png",
+        }
+
 
 def add_page_routes(app: FastAPI, served: Served, token: str | None) -> None:
     """The page, its files, its settings, its streaming generate and its cancel."""
