@@ -32,7 +32,18 @@ from pipelines.folder import save_pipeline_folder
 
 TOKEN = "test-token"
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_FLAGS = ("--max-steps", "500", "--max-images", "4", "--max-size", "128", "--max-queue", "4")
+SERVER_FLAGS = (
+    "--max-steps",
+    "500",
+    "--max-images",
+    "4",
+    "--max-size",
+    "128",
+    "--max-queue",
+    "4",
+    "--scheduler",
+    "euler-a",
+)
 START_TIMEOUT = 180  # seconds: importing torch + diffusers on a loaded 2-core machine
 
 

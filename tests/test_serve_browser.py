@@ -115,6 +115,7 @@ def test_type_a_prompt_generate_see_progress_and_previews_then_the_image(browser
     assert seen[-1]["status"].startswith("Done")
     card = browser.find_element("css selector", "#gallery .result")
     assert "seed 5" in card.text and "40 steps" in card.text and "w = 3" in card.text
+    assert "Euler a" in card.text  # the sampler menu starts on the server's --scheduler
     png = decode_png(card.find_element("tag name", "a").get_attribute("href"))  # the download link
     assert json.loads(png.text["seed"]) == 5 and png.text["prompt"] == "a red circle on the left"
     fill(browser, seed=123)

@@ -82,10 +82,10 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpainting_mask_invert: int = 0
 
 
-def sampler_key(name: str | None) -> str:
+def sampler_key(name: str | None, default: str = DEFAULT_SCHEDULER) -> str:
     """Our sampler for an A1111 or our own name (case-insensitive); None means the default."""
     if name is None or name == "":
-        return DEFAULT_SCHEDULER
+        return default
     wanted = name.lower()
     for key, (title, aliases) in SAMPLER_NAMES.items():
         if wanted in [key, title.lower(), *aliases]:
@@ -128,7 +128,9 @@ def check_size(field: str, value: int | None, factor: int, limits: Limits) -> No
         raise RequestError(field, f"{field} must be a multiple of {factor} (the VAE's factor), got {value}.")
 
 
-def to_generation_request(body: Txt2ImgRequest, limits: Limits, vae_factor: int) -> GenerationRequest:
+def to_generation_request(
+    body: Txt2ImgRequest, limits: Limits, vae_factor: int, default_sampler: str = DEFAULT_SCHEDULER
+) -> GenerationRequest:
     """Check `body` against the server's limits and turn it into the engine's request."""
     check_range("steps", body.steps, 1, limits.max_steps, " (--max-steps)")
     check_range("cfg_scale", body.cfg_scale, 0)
@@ -146,7 +148,7 @@ def to_generation_request(body: Txt2ImgRequest, limits: Limits, vae_factor: int)
     request = GenerationRequest(
         prompt=body.prompt or "",
         negative_prompt=body.negative_prompt or None,
-        sampler=sampler_key(body.sampler_name or body.sampler_index),
+        sampler=sampler_key(body.sampler_name or body.sampler_index, default_sampler),
         steps=body.steps,
         guidance_scale=body.cfg_scale,
         seed=random.randrange(2**32) if body.seed == -1 else body.seed,

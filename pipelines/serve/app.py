@@ -23,6 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from pipelines.schedulers import DEFAULT_SCHEDULER
 from pipelines.serve import a1111
 from pipelines.serve.a1111 import Img2ImgRequest, Limits, RequestError, Txt2ImgRequest
 from pipelines.serve.engine import EDIT_PIPELINES, GenerationRequest, Job
@@ -81,6 +82,7 @@ class Served:
     limits: Limits
     default_size: int
     vae_factor: int
+    default_sampler: str
 
     @property
     def model_name(self) -> str:
@@ -93,7 +95,7 @@ class Served:
     def submit(self, body: Txt2ImgRequest) -> tuple[GenerationRequest, Job]:
         """Check and queue a request: 422 (RequestError) for a bad value, 501 for a mode not installed,
         503 when the queue is full."""
-        request = a1111.to_generation_request(body, self.limits, self.vae_factor)
+        request = a1111.to_generation_request(body, self.limits, self.vae_factor, self.default_sampler)
         if request.mode not in self.modes:
             raise HTTPException(
                 501,
@@ -123,6 +125,7 @@ def create_app(
     token: str | None = None,
     default_size: int = 512,
     vae_factor: int = 8,
+    default_sampler: str = DEFAULT_SCHEDULER,
 ) -> FastAPI:
     """The ASGI app around a started `JobQueue` whose generator holds the loaded pipeline."""
     app = FastAPI(title="ldm-serve", docs_url=None, redoc_url=None)  # the docs pages would load remote JS
@@ -133,7 +136,7 @@ def create_app(
     async def refused(request: Request, error: RequestError):
         return JSONResponse({"detail": error.detail()}, status_code=422)
 
-    served = Served(queue, model, model_hash, limits, default_size, vae_factor)
+    served = Served(queue, model, model_hash, limits, default_size, vae_factor, default_sampler)
     add_a1111_routes(app, served)
     add_page_routes(app, served, token)
     return app
@@ -200,7 +203,10 @@ def add_page_routes(app: FastAPI, served: Served, token: str | None) -> None:
             "limits": vars(served.limits),
             "samplers": a1111.samplers(),
             "modes": served.modes,
-            "defaults": Txt2ImgRequest().model_dump(),
+            "defaults": {
+                **Txt2ImgRequest().model_dump(),
+                "sampler_name": a1111.SAMPLER_NAMES[served.default_sampler][0],
+            },
         }
 
     @app.post("/api/generate")

@@ -56,7 +56,9 @@ class ServeConfig:
         choices=PREVIEWS,
     )
     scheduler: str = option(
-        DEFAULT_SCHEDULER, "sampler the pipeline is loaded with (requests may pick any)", choices=SCHEDULERS
+        DEFAULT_SCHEDULER,
+        "sampler for requests that name none (each request may pick any)",
+        choices=SCHEDULERS,
     )
     dtype: str = option(
         "auto",
@@ -132,6 +134,7 @@ def build_server(config: ServeConfig):
         token=config.api_token,
         default_size=pipe.default_size,
         vae_factor=pipe.vae_scale_factor,
+        default_sampler=config.scheduler,
     )
     logger.info("model %s on %s (%s); modes: %s", config.model, device, dtype, ", ".join(generator.modes))
     return app, queue

@@ -14,6 +14,7 @@ async function loadConfig() {
     $("sampler_name").add(new Option(sampler.name, sampler.name));
   }
   const d = config.defaults;
+  $("sampler_name").value = d.sampler_name;
   $("steps").value = d.steps;
   $("steps").max = config.limits.max_steps;
   $("cfg_scale").value = d.cfg_scale;
