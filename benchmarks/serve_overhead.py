@@ -27,6 +27,7 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -47,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle on the left"
 
 
-def start_server(model: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pipelines.serve", "--model", model, "--port", str(port)]
+def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipelines.serve", "--model", model, "--port", str(port), *extra]
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -143,25 +144,38 @@ def architecture_folder(train_config: Path, out_dir: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(str(train_config.parent / "tokenizer"))
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config["text_preset"])
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    unet = build_unet(preset=config["preset"], cross_attention_dim=text_encoder.config.hidden_size,
-                      sample_size=config["resolution"] // factor, in_channels=vae.config.latent_channels,
-                      norm_num_groups=config["norm_num_groups"])
-    noise = make_noise_scheduler(beta_schedule=config["beta_schedule"], prediction_type=config["prediction_type"],
-                                 zero_terminal_snr=config["zero_terminal_snr"],
-                                 num_train_timesteps=config["num_train_timesteps"])
+    unet = build_unet(
+        preset=config["preset"],
+        cross_attention_dim=text_encoder.config.hidden_size,
+        sample_size=config["resolution"] // factor,
+        in_channels=vae.config.latent_channels,
+        norm_num_groups=config["norm_num_groups"],
+    )
+    noise = make_noise_scheduler(
+        beta_schedule=config["beta_schedule"],
+        prediction_type=config["prediction_type"],
+        zero_terminal_snr=config["zero_terminal_snr"],
+        num_train_timesteps=config["num_train_timesteps"],
+    )
     scheduler = make_scheduler(DEFAULT_SCHEDULER, noise.config)
-    return save_pipeline_folder(out_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                scheduler=scheduler)
+    return save_pipeline_folder(
+        out_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="pipeline folder")
-    source.add_argument("--architecture-of", type=Path, help="a train_config.json: time an untrained folder of "
-                        "its architecture (written to a temporary folder)")
+    source.add_argument(
+        "--architecture-of",
+        type=Path,
+        help="a train_config.json: time an untrained folder of "
+        "its architecture (written to a temporary folder)",
+    )
     parser.add_argument("--steps", type=int, default=25, help="sampler steps (ldm-generate's default)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--serve-args", default="", help="more ldm-serve flags, e.g. '--batch-wait-ms 50'")
     parser.add_argument("--clients", type=int, default=4, help="clients sending one image each at once")
     args = parser.parse_args()
     if args.architecture_of:
@@ -174,7 +188,7 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = start_server(args.model, port)
+    server = start_server(args.model, port, shlex.split(args.serve_args))
     seeds = list(range(args.clients))
     body = {"prompt": PROMPT, "steps": args.steps, "seed": 0}
     rows = {
@@ -208,20 +222,25 @@ def main() -> None:
     m = {name: statistics.median(values) for name, values in rows.items()}
     print(
         f"model {args.model}, {args.steps} steps, {args.rounds} rounds, device {device}, "
-        f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+        f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"ldm-serve {args.serve_args or '(defaults)'}"
     )
     print(f"one image, in-process pipe call (ldm-generate):  {m['direct_one']:.3f} s")
     print(f"one image, the same call on a worker thread (as the server makes it): {m['thread_one']:.3f} s")
     thread_ratio = m["stream_final"] / m["thread_one"]
     stream, api = m["stream_final"] / m["direct_one"], m["api_one"] / m["direct_one"]
     print(f"one image, ldm-serve stream: first preview {m['preview']:.3f} s, ", end="")
-    print(f"final image {m['stream_final']:.3f} s (x{stream:.3f} of in-process, x{thread_ratio:.3f} of the thread)")
+    print(
+        f"final image {m['stream_final']:.3f} s (x{stream:.3f} of in-process, x{thread_ratio:.3f} of the thread)"
+    )
     print(f"one image, ldm-serve /sdapi/v1/txt2img: {m['api_one']:.3f} s (x{api:.3f} of in-process)")
     rate = m["server_rate"]
     print(f"{args.clients} clients at once: ldm-serve {rate:.3f} images/s")
     print(f"  in-process one at a time {m['direct_seq']:.3f} images/s (server x{rate / m['direct_seq']:.3f})")
-    print(f"  in-process batch of {args.clients} {m['direct_batch']:.3f} images/s "
-          f"(server x{rate / m['direct_batch']:.3f})")
+    print(
+        f"  in-process batch of {args.clients} {m['direct_batch']:.3f} images/s "
+        f"(server x{rate / m['direct_batch']:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """pipelines/serve/jobs.py: arrival order, places, cancel; a failure leaves the worker up."""
 
+import time
+
 import pytest
 from serving import tiny_model_folder
 
@@ -59,3 +61,17 @@ def test_waiting_jobs_that_can_share_a_batch_run_together_in_arrival_order(queue
     assert all(queue.wait(job, 60) for job in (b, c, d))
     assert b.state == c.state == d.state == "done" and b.started == c.started < d.started
     assert b.seeds == [1] and c.seeds == [2] and len(b.images) == len(c.images) == 1
+
+
+def test_with_a_batch_wait_requests_arriving_together_share_the_first_ones_batch(queue):
+    gathering = JobQueue(queue.generator, batch_wait=5.0).start()  # long enough for any loaded machine
+    try:
+        jobs = [gathering.submit(GenerationRequest(prompt="a red circle", steps=2, seed=i)) for i in range(2)]
+        time.sleep(0.2)  # the head waits for company: still queued, first in line
+        assert jobs[0].state == "queued" and gathering.position(jobs[0]) == 1
+        jobs += [gathering.submit(GenerationRequest(prompt="blue square", steps=2, seed=i)) for i in (2, 3)]
+        assert all(gathering.wait(job, 60) for job in jobs)  # 4 images fill the batch: no need to wait longer
+        assert len({job.started for job in jobs}) == 1 and all(job.state == "done" for job in jobs)
+        assert jobs[0].started - jobs[0].created < 5.0
+    finally:
+        gathering.stop()

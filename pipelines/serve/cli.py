@@ -48,6 +48,11 @@ class ServeConfig:
     max_images: int = option(8, "most images one request may ask for (batch_size × n_iter)")
     max_queue: int = option(16, "most requests waiting behind the running one; more get 503")
     batch_size: int = option(4, "images per U-Net batch, as ldm-generate's --batch-size")
+    batch_wait_ms: int = option(
+        0,
+        "a request may wait this long for others to share its batch (several clients at once: more images/s; "
+        "each request: up to this much later)",
+    )
     preview_every: int = option(1, "send a live preview every N sampler steps")
     preview: str = option(
         "linear",
@@ -74,6 +79,8 @@ class ServeConfig:
         for name in ("max_size", "max_steps", "max_images", "max_queue", "batch_size", "preview_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"--batch-wait-ms must be at least 0, got {self.batch_wait_ms}.")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be between 0 and 65535, got {self.port}.")
         if not is_loopback(self.host) and not (self.api_token or self.insecure):
@@ -117,7 +124,7 @@ def build_server(config: ServeConfig):
         preview_every=config.preview_every,
         preview=config.preview,
     )
-    queue = JobQueue(generator, max_waiting=config.max_queue).start()
+    queue = JobQueue(generator, max_waiting=config.max_queue, batch_wait=config.batch_wait_ms / 1000).start()
     # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the
     # end at 1000 steps and dpm++ / unipc turn the latents into NaN at 999 (measured on the tiny test model).
     max_steps = min(config.max_steps, pipe.scheduler.config.num_train_timesteps // 2)

@@ -28,9 +28,11 @@ class QueueFull(Exception):
 class JobQueue:
     """FIFO of jobs for one `Generator` (`run(jobs, on_cancel)`, `batch_size`), worked by one daemon thread."""
 
-    def __init__(self, generator, *, max_waiting: int = 16):
+    def __init__(self, generator, *, max_waiting: int = 16, batch_wait: float = 0.0):
+        """batch_wait: seconds the head job may wait for requests to share its batch (0: start at once)."""
         self.generator = generator
         self.max_waiting = max_waiting
+        self.batch_wait = batch_wait
         self.running: list[Job] = []
         self._waiting: collections.deque[Job] = collections.deque()
         self._condition = threading.Condition()
@@ -105,6 +107,7 @@ class JobQueue:
             if job in self._waiting:
                 self._waiting.remove(job)
                 self._finish(job, "cancelled")
+                self._condition.notify_all()
 
     def wait(self, job: Job, timeout: float | None = None) -> bool:
         """Block until the job is in a final state (True) or `timeout` seconds pass (False)."""
@@ -126,8 +129,12 @@ class JobQueue:
             with self._condition:
                 while not self._waiting and not self._stopping:
                     self._condition.wait()
+                if self.batch_wait > 0:
+                    self._gather()
                 if self._stopping:
                     return
+                if not self._waiting:  # the head was cancelled while it gathered
+                    continue
                 group = self._take_group()
                 started = time.time()
                 for job in group:
@@ -139,6 +146,25 @@ class JobQueue:
                     if job.state == "running":
                         self._finish(job, state)
                 self.running = []
+
+    def _gather(self) -> None:
+        """Wait up to `batch_wait` for requests arriving together to fill the head's batch (lock held)."""
+        deadline = time.monotonic() + self.batch_wait
+        while self._waiting and not self._stopping and self._room_behind_head():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._condition.wait(left)  # submit() and cancel() wake us
+
+    def _room_behind_head(self) -> bool:
+        """Whether a request arriving now could still join the head's batch (lock held)."""
+        head = self._waiting[0].request
+        images = 0
+        for job in self._waiting:
+            if not batchable(head, job.request):
+                return False  # only the jobs right behind the head join it
+            images += job.request.num_images
+        return images < self.generator.batch_size
 
     def _take_group(self) -> list[Job]:
         """The head job, with the jobs right behind it that can share its batch (caller holds the lock)."""
