@@ -1,0 +1,287 @@
+"""The generator behind `ldm-serve`: one loaded pipeline, requests in, PNGs out, with progress and cancel.
+
+`Generator.run(job)` makes the images of one request exactly as `ldm-generate` does (same seeds, one generator
+per image, same PNG metadata), reporting each sampler step into the job and stopping at the next step once the
+job is cancelled. The queue that feeds it jobs one at a time is `pipelines.serve.jobs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import SchedulerMixin
+from PIL import Image
+
+import pipelines
+from pipelines.generate import GenerateConfig, ImageJob, image_seed, png_info
+from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
+from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
+from pipelines.serve.previews import fit_latent_rgb_map, preview_image
+
+logger = logging.getLogger("ldm-serve")
+
+DEFAULT_STEPS = 25  # ldm-generate's default
+# mode → the class in `pipelines` that serves it; a mode is offered only when its class can be imported.
+EDIT_PIPELINES = {"img2img": "ImageToImagePipeline", "inpaint": "InpaintPipeline"}
+PREVIEWS = ("linear", "vae")
+
+
+@dataclass
+class GenerationRequest:
+    """One validated request. Image i (0-based, over all batches) is sampled from seed + i, as the `seed`
+    column of `ldm-generate`'s manifest, so any image of either tool is reproduced by its seed."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    sampler: str = DEFAULT_SCHEDULER
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # w + 1
+    seed: int = 0
+    width: int | None = None  # None: the model's size
+    height: int | None = None
+    num_images: int = 1
+    init_image: Image.Image | None = None  # img2img / inpaint
+    mask: Image.Image | None = None  # inpaint: white = repaint
+    strength: float = 0.75  # img2img / inpaint: how much of the schedule to run
+
+    @property
+    def mode(self) -> str:
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
+
+
+class JobCancelled(Exception):
+    """Raised inside the sampler callback to stop a cancelled job at the next step."""
+
+
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
+class Job:
+    """A request's life in the server; the worker thread writes it, request handlers read it."""
+
+    id: str
+    request: GenerationRequest
+    state: str = "queued"  # queued → running → done | cancelled | failed
+    step: int = 0  # sampler steps finished, over all batches
+    total_steps: int = 1
+    preview: bytes | None = None  # PNG of the latest preview
+    preview_number: int = 0  # counts previews, so a client can tell a new one from the last
+    images: list[bytes] = field(default_factory=list)  # PNGs with metadata
+    seeds: list[int] = field(default_factory=list)
+    error: str | None = None
+    cancel_reason: str | None = None  # "interrupted" (cancel button, /interrupt) or "disconnected"
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+
+def png_bytes(image: Image.Image, pnginfo=None) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
+def folder_scheduler_config(model: str | Path) -> dict:
+    """The scheduler config as `load_pipeline` builds it from the folder, before any sampler swap.
+
+    `make_scheduler(name, this)` is then exactly what `ldm-generate --scheduler name` samples with.
+    """
+    import diffusers
+
+    index = json.loads((Path(model) / "model_index.json").read_text())
+    scheduler_class: type[SchedulerMixin] = getattr(diffusers, index["scheduler"][1])
+    return scheduler_class.from_pretrained(str(model), subfolder="scheduler").config
+
+
+def model_hash(model: str | Path) -> str:
+    """sha256 of the U-Net weights file(s): what AUTOMATIC1111 calls the checkpoint hash."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(model) / "unet").glob("*.safetensors")) or sorted(
+        (Path(model) / "unet").glob("*.bin")
+    ):
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Generator:
+    """Owns the loaded pipeline (one per device) and runs one job at a time on it."""
+
+    def __init__(
+        self,
+        pipe,
+        *,
+        model: str,
+        autocast=None,
+        batch_size: int = 4,
+        preview_every: int = 1,
+        preview: str = "linear",
+    ):
+        """preview: "linear" (the fitted latent → RGB map, free) or "vae" (a full decode of the first image,
+        exact but about a U-Net step's cost each time)."""
+        if preview not in PREVIEWS:
+            raise ValueError(f"preview must be one of {', '.join(PREVIEWS)}, got {preview!r}.")
+        self.pipe = pipe
+        self.model = str(model)
+        self.autocast = autocast or contextlib.nullcontext()
+        self.batch_size = batch_size
+        self.preview_every = preview_every
+        self.preview = preview
+        self.scheduler_config = folder_scheduler_config(model)
+        self.rgb_map = fit_latent_rgb_map(pipe.vae, pipe.default_size) if preview == "linear" else None
+        self.edit = edit_pipelines(pipe)
+
+    @property
+    def modes(self) -> list[str]:
+        return ["txt2img", *self.edit]
+
+    def run(self, jobs: list[Job], on_cancel=None) -> None:
+        """Fill each job's `images` (PNG bytes with `ldm-generate`'s metadata) and `seeds`, batch by batch.
+
+        jobs: one job, or several `batchable` ones whose images fit one batch (the queue groups them: one
+        U-Net call for all, each image still from its own seed, so each job gets what it would alone).
+        A job cancelled while others in its batch go on is dropped at the next step and handed to
+        `on_cancel(job)`; when every job of the batch is cancelled the batch stops, and "interrupted" jobs get
+        their images decoded from the latents of the last finished step (what AUTOMATIC1111 returns).
+        """
+        request = jobs[0].request
+        target = self.pipe if request.mode == "txt2img" else self.edit[request.mode]
+        target.scheduler = make_scheduler(request.sampler, self.scheduler_config)
+        items = [(job, image_job(job.request, i)) for job in jobs for i in range(job.request.num_images)]
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        for job in jobs:
+            job.total_steps = request.steps * sum(any(j is job for j, _ in batch) for batch in batches)
+        for batch in batches:
+            images = self._run_batch(target, batch, on_cancel or (lambda job: None))
+            for (job, item), image in zip(batch, images):
+                if job.state != "cancelled":
+                    config = generate_config(job.request, self.model)
+                    job.images.append(png_bytes(image, png_info(item, config)))
+                    job.seeds.append(item.seed)
+            if all(job.cancel_reason is not None for job, _ in batch):
+                return
+
+    def _run_batch(self, target, batch: list[tuple[Job, ImageJob]], on_cancel) -> list[Image.Image]:
+        request = batch[0][0].request
+        jobs = list(dict.fromkeys(job for job, _ in batch))  # in order, each once
+        first_image = {job: next(i for i, (j, _) in enumerate(batch) if j is job) for job in jobs}
+        done_before = {job: job.step for job in jobs}
+        last = {}
+
+        def callback(step: int, timestep, latents: torch.Tensor) -> None:
+            last["latents"] = latents
+            stopped = [job for job in jobs if job.cancel_reason is not None]
+            if len(stopped) == len(jobs):
+                raise JobCancelled(stopped[0].cancel_reason)
+            for job in jobs:
+                if job in stopped:
+                    if job.state != "cancelled":
+                        on_cancel(job)  # the others go on; this one's client is answered now
+                    continue
+                job.step = done_before[job] + step + 1
+                if step % self.preview_every == 0:
+                    index = first_image[job]
+                    job.preview = png_bytes(self._preview(latents[index : index + 1], request))
+                    job.preview_number += 1
+
+        negatives = [item.negative_prompt for _, item in batch]
+        try:
+            with self.autocast:
+                return target(
+                    [item.prompt for _, item in batch],
+                    negative_prompt=(
+                        None if all(n is None for n in negatives) else [n or "" for n in negatives]
+                    ),
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(item.seed) for _, item in batch],
+                    height=request.height,
+                    width=request.width,
+                    output_type="pil",
+                    callback=callback,
+                    **edit_arguments(request),
+                ).images
+        except JobCancelled:
+            if "latents" not in last or not any(job.cancel_reason == "interrupted" for job in jobs):
+                return []
+            with torch.inference_mode(), self.autocast:
+                return self.pipe.decode(last["latents"], "pil")
+
+    def _preview(self, latents: torch.Tensor, request: GenerationRequest) -> Image.Image:
+        """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled."""
+        if self.preview == "vae":
+            return self.pipe.decode(latents[:1], "pil")[0]
+        size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
+        return preview_image(latents, self.rgb_map, size)
+
+
+def image_job(request: GenerationRequest, index: int) -> ImageJob:
+    """Image `index` of a request as `ldm-generate` names and seeds it: seed + index."""
+    seed = image_seed(request.seed, 0, index, request.seed)
+    return ImageJob(0, index, request.prompt, request.negative_prompt, seed)
+
+
+def batchable(first: GenerationRequest, other: GenerationRequest) -> bool:
+    """Whether two requests' images can share one pipeline call: text-to-image with the same sampler, steps,
+    guidance and size (prompts, negative prompts and seeds may differ: each image has its own generator)."""
+
+    def key(request: GenerationRequest):
+        return (
+            request.mode,
+            request.sampler,
+            request.steps,
+            request.guidance_scale,
+            request.width,
+            request.height,
+        )
+
+    return first.mode == "txt2img" and key(first) == key(other)
+
+
+def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:
+    """The `ldm-generate` settings equal to `request`, for its PNG metadata."""
+    return GenerateConfig(
+        prompt=request.prompt,
+        model=model,
+        num_images=request.num_images,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        scheduler=request.sampler,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+    )
+
+
+def edit_pipelines(pipe) -> dict:
+    """Image-to-image / inpainting pipelines on `pipe`'s components, for the classes this install has.
+
+    They come from the `edit` work (`pipelines.ImageToImagePipeline(prompt, image, strength, …)`,
+    `pipelines.InpaintPipeline(prompt, image, mask_image, strength, …)`); until then only txt2img is served.
+    """
+    found = {}
+    for mode, name in EDIT_PIPELINES.items():
+        pipeline_class = getattr(pipelines, name, None)
+        if pipeline_class is not None:
+            found[mode] = pipeline_class(**pipe.components)
+            found[mode].set_progress_bar_config(disable=True)
+    return found
+
+
+def edit_arguments(request: GenerationRequest) -> dict:
+    """The keyword arguments the edit pipelines take on top of text-to-image's."""
+    if request.mode == "txt2img":
+        return {}
+    kwargs = {"image": request.init_image, "strength": request.strength}
+    if request.mode == "inpaint":
+        kwargs["mask_image"] = request.mask
+    return kwargs
