@@ -13,11 +13,9 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
 
 from ldm.attention import check_attention
-from ldm.training.config import build_parser, option
+from ldm.cli import option, run_command
 from pipelines.folder import check_pipeline_folder
 from pipelines.generate import DTYPES, pick_dtype, prepare_pipeline
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
@@ -167,19 +165,8 @@ def serve(config: ServeConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    parser = build_parser(ServeConfig)
-    parser.prog = "ldm-serve"
-    try:
-        serve(ServeConfig(**vars(parser.parse_args(argv))))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    """`ldm-serve`: serves until stopped; a user mistake is one `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_command(serve, ServeConfig, argv, prog="ldm-serve")
 
 
 if __name__ == "__main__":
