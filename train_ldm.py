@@ -45,6 +45,7 @@ from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
 from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
 from ldm.training.optim import LR_SCHEDULES, make_adamw, make_lr_scheduler
+from ldm.training.periodic import due
 from ldm.training.progress import TrainingProgress
 from ldm.unet import UNET_PRESETS, build_unet
 from pipelines.folder import save_pipeline_folder
@@ -126,10 +127,11 @@ class TrainConfig:
     # Bookkeeping.
     checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (0: only at the end)")
     resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
-    val_every: int = option(0, "sample the validation prompts every N steps (0: only at the end)")
-    val_prompts: str = option("", "validation prompts separated by '|' (empty: no validation grids)")
-    val_guidance_scale: float = option(4.0, "guidance scale for validation samples (w + 1)")
-    val_steps: int = option(25, "sampler steps for validation samples")
+    sample_every: int = option(0, "write a sample grid of --sample-prompts every N steps (0: only at the end), "
+                                  "as train_vae.py's --sample-every writes its reconstruction grid")
+    sample_prompts: str = option("", "prompts of the sample grids, separated by '|' (empty: no sample grids)")
+    sample_guidance_scale: float = option(4.0, "guidance scale of the sample grids (w + 1)")
+    sample_steps: int = option(25, "sampler steps of the sample grids")
     seed: int = option(0, "seed for initialisation, data order and every per-step random draw")
 
     def __post_init__(self):
@@ -175,7 +177,7 @@ class TrainConfig:
 
     @property
     def prompts(self) -> list[str]:
-        return [p.strip() for p in self.val_prompts.split("|") if p.strip()]
+        return [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
 
 
 def learn_tokenizer(captions: Callable[[], Iterable[str]], *, out_dir: Path, vocab_size: int) -> None:
@@ -271,22 +273,18 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
 
 @torch.no_grad()
 def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig, path: Path):
-    """Sample the validation prompts with guidance into one captioned image grid saved at `path`."""
+    """Sample `config.prompts` (--sample-prompts) with guidance into one captioned image grid saved at `path`."""
     pipe = TextToImagePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(config.seed)  # the same noise at every validation
-    images = pipe(config.prompts, num_inference_steps=config.val_steps,
-                  guidance_scale=config.val_guidance_scale, generator=generator).images
+    images = pipe(config.prompts, num_inference_steps=config.sample_steps,
+                  guidance_scale=config.sample_guidance_scale, generator=generator).images
     grid = make_grid(images, captions=config.prompts)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     logger.info("validation grid written to %s", path)
     return grid
-
-
-def _due(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
 
 
 def train(config: TrainConfig) -> Path:
@@ -382,9 +380,10 @@ def train(config: TrainConfig) -> Path:
             if ema is not None:
                 ema.step(trained.parameters())
             progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
-            if _due(step + 1, config.checkpoint_every) or step + 1 == config.max_steps:
+            if due(step + 1, config.checkpoint_every, last_step=config.max_steps):
                 checkpoints.save(accelerator, step + 1)
-            if _due(step + 1, config.val_every):
+            # The last step's grid is the "final" one, drawn after the loop with the saved weights.
+            if step + 1 < config.max_steps and due(step + 1, config.sample_every, last_step=config.max_steps):
                 validate(f"step-{step + 1}")
             stop_if_requested(stop, checkpoints, accelerator, step=step + 1)
 

@@ -103,7 +103,7 @@ def test_stock_pipeline_loads_and_generates(parts, tmp_path):
     out = tmp_path / "out"
     assert train_ldm.main(_args(parts, out, "--max-steps", "2", "--text-encoder", str(parts / "te"),
                                 "--prediction-type", "v_prediction", "--beta-schedule", "scaled_linear",
-                                "--val-prompts", "a red circle|a blue square", "--val-steps", "2")) == 0
+                                "--sample-prompts", "a red circle|a blue square", "--sample-steps", "2")) == 0
     assert (out / "samples" / "final.png").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True, safety_checker=None)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
