@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Sequence
 
+import numpy as np
+import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
@@ -155,6 +157,44 @@ class DenoisingPipeline(DiffusionPipeline):
         whatever dtype the U-Net runs in."""
         noise = randn_tensor(tuple(shape), generator=generator, device=self.device, dtype=torch.float32)
         return noise.to(self.unet.dtype)
+
+    def prepare_image(self, image, processor: VaeImageProcessor | None = None) -> torch.Tensor:
+        """A PIL image (or list of them, or a diffusers-style tensor / array) → `(B, C, H, W)` as the
+        processor makes it (default: RGB in [-1, 1]); raises a `ValueError` unless H and W are multiples of the
+        VAE factor (no silent resizing)."""
+        if isinstance(image, (list, tuple)) and image:
+            first = image[0]
+        else:
+            first = image
+        if isinstance(first, PIL.Image.Image):
+            width, height = first.size
+        elif isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim >= 2:
+            # tensors are (B, C, H, W) or (C, H, W); arrays are (B, H, W, C) or (H, W, C), as diffusers reads them
+            height, width = first.shape[-2:] if isinstance(first, torch.Tensor) else first.shape[-3:-1]
+        else:
+            raise ValueError(f"image must be a PIL image, a list of them or a tensor, got {type(first).__name__}.")
+        self.check_size(height, width, what="image ")
+        processor = processor or self.image_processor
+        return processor.preprocess(image, height=height, width=width).to(torch.float32)
+
+    @staticmethod
+    def check_strength(strength: float, num_inference_steps: int) -> None:
+        """strength in (0, 1], and enough steps that int(num_inference_steps * strength) >= 1."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}.")
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"strength {strength} keeps no step of {num_inference_steps}; raise num_inference_steps or strength."
+            )
+
+    def set_timesteps_for_strength(self, num_inference_steps: int, strength: float) -> int:
+        """Set the scheduler's timesteps and return the index of the first one to run: SDEdit (Meng et al.
+        2021, https://arxiv.org/abs/2108.01073) keeps the last int(num_inference_steps · strength) steps."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        start = (num_inference_steps - int(num_inference_steps * strength)) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)  # multistep solvers count steps from here
+        return start
 
     def decode(self, latents: torch.Tensor, output_type: str):
         """Latents `(B, C, h, w)` (scaled) → images as PIL list, numpy `(B, H, W, 3)` or torch `(B, 3, H, W)`
