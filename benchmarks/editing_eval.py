@@ -150,8 +150,8 @@ def outpaint_runs(pipe: InpaintPipeline, scenes, *, seeds, steps, scale, size):
         background = np.array(BACKGROUNDS[scene.background], dtype=np.float64)
         for image in images:
             error = np.sqrt(np.mean(np.sum((image[strip].astype(np.float64) - background) ** 2, axis=-1)))
-            records.append({"variant": "outpaint", "completed": adherence(prompt_statement(scene), read_scene(image)),
-                            "background_rms": float(error)})
+            completed = adherence(prompt_statement(scene), read_scene(image))
+            records.append({"variant": "outpaint", "completed": completed, "background_rms": float(error)})
         examples.append([full, cropped, Image.fromarray(images[0])])
     return summarise(records), examples
 
@@ -239,7 +239,8 @@ def main() -> None:
     (out / "editing_eval.json").write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
     if args.figures:
-        save_figures(results["img2img"], sweep_examples, inpaint_examples, outpaint_examples, Path(args.figures))
+        save_figures(results["img2img"], sweep_examples, inpaint_examples, outpaint_examples,
+                     Path(args.figures))
 
 
 def print_tables(results: dict) -> None:

@@ -127,7 +127,8 @@ class DenoisingPipeline(DiffusionPipeline):
 
     def encode_prompt_embeds(self, prompts, negative_prompts, num_images_per_prompt, guidance_scale):
         """`encode` on the pipeline's device, in the U-Net's dtype."""
-        prompt_embeds = self.encode(prompts, negative_prompts, num_images_per_prompt, do_guidance(guidance_scale))
+        guidance = do_guidance(guidance_scale)
+        prompt_embeds = self.encode(prompts, negative_prompts, num_images_per_prompt, guidance)
         return prompt_embeds.to(device=self.device, dtype=self.unet.dtype)
 
     def check_generators(self, generator, batch_size: int) -> None:
@@ -169,10 +170,10 @@ class DenoisingPipeline(DiffusionPipeline):
         if isinstance(first, PIL.Image.Image):
             width, height = first.size
         elif isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim >= 2:
-            # tensors are (B, C, H, W) or (C, H, W); arrays are (B, H, W, C) or (H, W, C), as diffusers reads them
+            # tensors are (B, C, H, W) or (C, H, W), arrays (B, H, W, C) or (H, W, C), as diffusers reads them
             height, width = first.shape[-2:] if isinstance(first, torch.Tensor) else first.shape[-3:-1]
         else:
-            raise ValueError(f"image must be a PIL image, a list of them or a tensor, got {type(first).__name__}.")
+            raise ValueError(f"image must be a PIL image, a list of them or a tensor, not {type(first).__name__}.")
         self.check_size(height, width, what="image ")
         processor = processor or self.image_processor
         return processor.preprocess(image, height=height, width=width).to(torch.float32)
@@ -184,7 +185,8 @@ class DenoisingPipeline(DiffusionPipeline):
             raise ValueError(f"strength must be in (0, 1], got {strength}.")
         if int(num_inference_steps * strength) < 1:
             raise ValueError(
-                f"strength {strength} keeps no step of {num_inference_steps}; raise num_inference_steps or strength."
+                f"strength {strength} keeps no step of {num_inference_steps}; raise num_inference_steps or "
+                "strength."
             )
 
     def set_timesteps_for_strength(self, num_inference_steps: int, strength: float) -> int:

@@ -82,7 +82,7 @@ def as_greyscale_mask(mask: Image.Image, path: Path) -> Image.Image:
         return mask.convert("L") if mask.mode != "LA" else mask.getchannel("L")
     rgb = np.asarray(mask.convert("RGB"), dtype=np.int16)
     if np.abs(rgb - rgb[..., :1]).max() > 0:
-        raise ValueError(f"--mask-image {path} has colours; give a greyscale mask (white = repaint, black = keep).")
+        raise ValueError(f"--mask-image {path} has colours; give a greyscale mask (white = repaint).")
     return Image.fromarray(rgb[..., 0].astype(np.uint8), mode="L")
 
 
@@ -126,7 +126,8 @@ class EditInputs:
     def pipeline_kwargs(self) -> dict:
         kwargs = {"image": self.image, "strength": self.strength}
         if self.mask is not None:
-            kwargs.update(mask_image=self.mask, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample)
+            kwargs.update(mask_image=self.mask, jump_length=self.jump_length,
+                          jump_n_sample=self.jump_n_sample)
         return kwargs
 
     def manifest_fields(self, *, image_path: str, mask_path: str | None) -> dict:
@@ -144,10 +145,8 @@ class EditInputs:
             return images
         weight = paste_weight(self.mask, self.mask_blur)[..., None]
         original = np.asarray(self.image, dtype=np.float32)
-        return [
-            Image.fromarray(np.rint(weight * np.asarray(im, np.float32) + (1 - weight) * original).astype(np.uint8))
-            for im in images
-        ]
+        pasted = [weight * np.asarray(im, np.float32) + (1 - weight) * original for im in images]
+        return [Image.fromarray(np.rint(p).astype(np.uint8)) for p in pasted]
 
 
 def is_inpainting_model(pipe) -> bool:
@@ -167,7 +166,8 @@ def paste_weight(mask: Image.Image, blur: int) -> np.ndarray:
     hard = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)
     if blur == 0:
         return hard
-    blurred = np.asarray(Image.fromarray((hard * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)))
+    blurred = Image.fromarray((hard * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur))
+    blurred = np.asarray(blurred)
     return np.minimum(hard, blurred.astype(np.float32) / 255.0)
 
 

@@ -50,7 +50,7 @@ class ImageToImagePipeline(DenoisingPipeline):
         batch_size = len(prompts) * num_images_per_prompt
         self.check_generators(generator, batch_size)
         if pixel_values.shape[0] not in (1, batch_size):
-            raise ValueError(f"got {pixel_values.shape[0]} images for {batch_size} outputs; pass 1 or one each.")
+            raise ValueError(f"got {pixel_values.shape[0]} images for {batch_size} outputs; pass 1, or 1 each.")
 
         # 2. Encode prompt: [uncond, cond] when guiding
         prompt_embeds = self.encode_prompt_embeds(prompts, negative_prompts, num_images_per_prompt,
@@ -63,7 +63,8 @@ class ImageToImagePipeline(DenoisingPipeline):
         # 4. Prepare latents: encode the image, noise it to the first timestep that runs
         image_latents = self.encode_images(pixel_values, generator, batch_size)
         noise = self.draw_noise(image_latents.shape, generator)
-        latents = self.scheduler.add_noise(image_latents, noise, timesteps[start : start + 1].repeat(batch_size))
+        first = timesteps[start : start + 1].repeat(batch_size)
+        latents = self.scheduler.add_noise(image_latents, noise, first)
 
         # 5. Denoising loop
         latents = self.denoise(latents, prompt_embeds, guidance_scale, generator, callback,

@@ -33,7 +33,8 @@ class InpaintPipeline(DenoisingPipeline):
     """Image + mask + prompt → image, with components `vae`, `text_encoder`, `tokenizer`, `unet`, `scheduler`."""
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                         scheduler=scheduler)
         # Masks are read as stock diffusers reads them: greyscale, [0, 1], binarised at 0.5 (white = repaint).
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True,
@@ -51,7 +52,9 @@ class InpaintPipeline(DenoisingPipeline):
             raise ValueError(f"the U-Net takes {self.unet.config.in_channels} input channels; inpainting needs "
                              f"{latent_channels} or {2 * latent_channels + 1}.")
         if jump_length < 1 or jump_n_sample < 1:
-            raise ValueError(f"jump_length and jump_n_sample must be at least 1, got {jump_length}, {jump_n_sample}.")
+            raise ValueError(
+                f"jump_length and jump_n_sample must be at least 1, got {jump_length}, {jump_n_sample}."
+            )
         if jump_n_sample > 1 and self.is_inpainting_unet:
             raise ValueError("RePaint resampling is for ordinary U-Nets; an SD-inpainting U-Net needs none.")
         if jump_n_sample > 1 and not isinstance(self.scheduler, STATELESS_SCHEDULERS):
@@ -108,7 +111,8 @@ class InpaintPipeline(DenoisingPipeline):
         image_latents = None
         if not self.is_inpainting_unet or strength < 1.0:
             image_latents = self.encode_images(pixel_values, generator, batch_size)
-        shape = (batch_size, self.vae.config.latent_channels, *(s // self.vae_scale_factor for s in mask.shape[-2:]))
+        height, width = (s // self.vae_scale_factor for s in mask.shape[-2:])
+        shape = (batch_size, self.vae.config.latent_channels, height, width)
         noise = self.draw_noise(shape, generator)
         if strength == 1.0:
             latents = noise * self.scheduler.init_noise_sigma
@@ -125,7 +129,9 @@ class InpaintPipeline(DenoisingPipeline):
             extra_channels = torch.cat([latent_mask, masked_latents], dim=1)
 
         # 6. Denoising loop: the model keeps the known region (9 channels), or the blend does (4 channels)
-        blend = None if self.is_inpainting_unet else self.known_region_blend(image_latents, noise, latent_mask)
+        blend = None
+        if not self.is_inpainting_unet:
+            blend = self.known_region_blend(image_latents, noise, latent_mask)
         latents = self.denoise_with_resampling(
             latents, prompt_embeds, guidance_scale, generator, callback, start=start, after_step=blend,
             extra_channels=extra_channels, jump_length=jump_length, jump_n_sample=jump_n_sample,
@@ -139,7 +145,7 @@ class InpaintPipeline(DenoisingPipeline):
     def known_region_blend(self, image_latents: torch.Tensor, noise: torch.Tensor,
                            latent_mask: torch.Tensor) -> AfterStep:
         """after_step hook: outside the mask, the image's latents noised (with the starting noise) to the level
-        the step just reached; clean latents after the last step. All tensors `(B, C, h, w)`, mask `(B, 1, h, w)`."""
+        the step just reached; clean latents after the last step. Tensors `(B, C, h, w)`, mask `(B, 1, h, w)`."""
         timesteps = self.scheduler.timesteps
 
         def blend(index: int, timestep, latents: torch.Tensor) -> torch.Tensor:
@@ -150,8 +156,9 @@ class InpaintPipeline(DenoisingPipeline):
 
         return blend
 
-    def denoise_with_resampling(self, latents, prompt_embeds, guidance_scale, generator, callback, *, start: int,
-                                after_step, extra_channels, jump_length: int, jump_n_sample: int) -> torch.Tensor:
+    def denoise_with_resampling(self, latents, prompt_embeds, guidance_scale, generator, callback, *,
+                                start: int, after_step, extra_channels, jump_length: int,
+                                jump_n_sample: int) -> torch.Tensor:
         """`denoise` over the steps from `start`, with RePaint's jumps back between repeats of a block
         (`pipelines.repaint.repaint_blocks`); jump_n_sample = 1 is the plain loop. latents `(B, C, h, w)`."""
         blocks = repaint_blocks(start, len(self.scheduler.timesteps), jump_length, jump_n_sample)

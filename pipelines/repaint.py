@@ -25,7 +25,9 @@ def repaint_blocks(start: int, num_steps: int, jump_length: int, jump_n_sample: 
     [range(0, 2), range(0, 2), range(2, 4), range(2, 4), range(4, 5), range(4, 5)]
     """
     if jump_length < 1 or jump_n_sample < 1:
-        raise ValueError(f"jump_length and jump_n_sample must be at least 1, got {jump_length}, {jump_n_sample}.")
+        raise ValueError(
+            f"jump_length and jump_n_sample must be at least 1, got {jump_length}, {jump_n_sample}."
+        )
     blocks = []
     for first in range(start, num_steps, jump_length):
         blocks += [range(first, min(first + jump_length, num_steps))] * jump_n_sample

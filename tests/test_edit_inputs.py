@@ -111,7 +111,8 @@ def test_paste_weight_softens_only_inside_the_mask():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--image", "{d}/init.png", "--mask-image", "{d}/mask_small.png"], "--mask-image is 16x32 but --image is 32x32"),
+    (["--image", "{d}/init.png", "--mask-image", "{d}/mask_small.png"],
+     "--mask-image is 16x32 but --image is 32x32"),
     (["--image", "{d}/init.png", "--mask-image", "{d}/mask_colour.png"], "has colours; give a greyscale mask"),
     (["--image", "{d}/init.png", "--strength", "1.5"], r"--strength must be in (0, 1]"),
     (["--image", "{d}/init.png", "--strength", "0"], r"--strength must be in (0, 1]"),

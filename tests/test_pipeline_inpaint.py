@@ -158,7 +158,7 @@ def test_stock_loads_our_folder_into_its_editing_pipelines(components, init_imag
     for stock_class, our_class, extra in cases:
         stock = stock_class.from_pretrained(folder)
         mine = our_class(**loaded.components)
-        kwargs = dict(image=init_image, num_inference_steps=4, guidance_scale=3.0, output_type="np", **extra)
+        kwargs = dict(image=init_image, num_inference_steps=2, guidance_scale=3.0, output_type="np", **extra)
         for pipe in (stock, mine):
             pipe.set_progress_bar_config(disable=True)
         got = mine("red circle", generator=torch.Generator().manual_seed(0), **kwargs).images
@@ -175,7 +175,8 @@ def test_stock_loads_our_folder_into_its_editing_pipelines(components, init_imag
 ])
 def test_bad_input_raises_one_sentence(components, init_image, kwargs, message):
     pipe = ours(components, "dpm++")
-    kwargs = {"prompt": "red", "image": init_image, "mask_image": box_mask(), "num_inference_steps": 2, **kwargs}
+    kwargs = {"prompt": "red", "image": init_image, "mask_image": box_mask(), "num_inference_steps": 2,
+              **kwargs}
     with pytest.raises(ValueError, match=message) as info:
         pipe(**kwargs)
     assert "\n" not in str(info.value)

@@ -62,4 +62,5 @@ def kept_layout(init: Scene, read: Scene) -> bool:
     """True when one object is read at the init object's position and size, on the init background."""
     if len(read.objects) != 1 or read.background != init.background:
         return False
-    return (read.objects[0].position, read.objects[0].size) == (init.objects[0].position, init.objects[0].size)
+    read_obj, init_obj = read.objects[0], init.objects[0]
+    return (read_obj.position, read_obj.size) == (init_obj.position, init_obj.size)
