@@ -182,7 +182,7 @@ def save_figures(sweep, sweep_examples, inpaint_examples, outpaint_examples, fol
     tiles, captions = [], []
     for n in range(3):
         tiles += [big(sweep_examples["init"][n])] + [big(sweep_examples["images"][s][n]) for s in x]
-        captions += [f"init → {canonical_prompt(sweep_examples['targets'][n])}"] + [f"s = {s}" for s in x]
+        captions += [f"init; asked: {canonical_prompt(sweep_examples['targets'][n])}"] + [f"s = {s}" for s in x]
     make_grid(tiles, captions=captions, ncols=len(x) + 1).save(folder / "editing_img2img.png")
     tiles, captions = [], []
     for row in inpaint_examples[:3]:
