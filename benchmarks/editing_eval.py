@@ -227,6 +227,9 @@ def main() -> None:
     base.scheduler = make_scheduler("dpm++", base.scheduler.config)
     base.set_progress_bar_config(disable=True)
     results["text_to_image_read_right"] = text_to_image_reference(base, scenes, **common)
+    # strength -> 0 is the VAE's reconstruction of the init: the ceiling of "kept" (and what the reader makes of it)
+    results["vae_kept_layout"] = float(np.mean([
+        kept_layout(s, read_scene(vae_reconstruction(base, render_scene(s, size)))) for s in scenes]))
 
     start = time.perf_counter()
     i2i = ImageToImagePipeline(**base.components)
@@ -260,6 +263,7 @@ def main() -> None:
 
 def print_tables(results: dict) -> None:
     print(f"text-to-image of the same prompts reads right: {results['text_to_image_read_right']:.0%}")
+    print(f"VAE reconstructions of the inits keep position, size and background: {results['vae_kept_layout']:.0%}")
     print("| strength | edit reads right | position, size, background kept |\n|---|---|---|")
     for row in results["img2img"]:
         print(f"| {row['strength']:.1f} | {row['read_right']:.0%} | {row['kept_layout']:.0%} |")
