@@ -46,6 +46,9 @@ class ImageToImagePipeline(DenoisingPipeline):
         self.check_common_inputs(prompts, negative_prompts, num_inference_steps, guidance_scale,
                                  num_images_per_prompt, output_type)
         self.check_strength(strength, num_inference_steps)
+        if self.unet.config.in_channels != self.vae.config.latent_channels:
+            raise ValueError(f"the U-Net takes {self.unet.config.in_channels} input channels (an SD-inpainting "
+                             "model?); image-to-image needs an ordinary one, or use InpaintPipeline with a mask.")
         pixel_values = self.prepare_image(image)
         batch_size = len(prompts) * num_images_per_prompt
         self.check_generators(generator, batch_size)

@@ -5,7 +5,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
-from tiny_components import sd_scheduler_config, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from tiny_components import (
+    sd_scheduler_config,
+    tiny_inpaint_unet,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    tiny_unet,
+    tiny_vae,
+)
 
 from pipelines import ImageToImagePipeline
 from pipelines.schedulers import make_scheduler
@@ -96,6 +103,13 @@ def test_start_latents_are_the_image_latents_noised_to_the_first_timestep(compon
     expected = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
     assert len(starts) == 1
     torch.testing.assert_close(starts[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_an_inpainting_unet_is_refused_with_one_sentence(components, init_image):
+    pipe = ImageToImagePipeline(**{**components, "unet": tiny_inpaint_unet()},
+                                scheduler=make_scheduler("ddim", sd_scheduler_config()))
+    with pytest.raises(ValueError, match="takes 9 input channels"):
+        pipe("red", image=init_image, num_inference_steps=2)
 
 
 @pytest.mark.parametrize("kwargs, message", [
