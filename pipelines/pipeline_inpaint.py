@@ -92,11 +92,7 @@ class InpaintPipeline(DenoisingPipeline):
                                  num_images_per_prompt, output_type)
         self.check_strength(strength, num_inference_steps)
         self.check_model_and_resampling(jump_length, jump_n_sample)
-        pixel_values = self.prepare_image(image)
-        mask = self.prepare_image(mask_image, self.mask_processor)
-        if mask.shape[-2:] != pixel_values.shape[-2:] or pixel_values.shape[0] != 1 or mask.shape[0] != 1:
-            raise ValueError(f"mask_image must be one mask of the image's size {tuple(pixel_values.shape[-2:])}, "
-                             f"got {tuple(mask.shape[-2:])}.")
+        pixel_values, mask = self.prepare_image_and_mask(image, mask_image)
         batch_size = len(prompts) * num_images_per_prompt
         self.check_generators(generator, batch_size)
 
@@ -111,22 +107,15 @@ class InpaintPipeline(DenoisingPipeline):
         image_latents = None
         if not self.is_inpainting_unet or strength < 1.0:
             image_latents = self.encode_images(pixel_values, generator, batch_size)
-        height, width = (s // self.vae_scale_factor for s in mask.shape[-2:])
-        shape = (batch_size, self.vae.config.latent_channels, height, width)
-        noise = self.draw_noise(shape, generator)
+        noise = self.draw_noise((batch_size, self.vae.config.latent_channels, *self.latent_size(mask)), generator)
         if strength == 1.0:
             latents = noise * self.scheduler.init_noise_sigma
         else:
             first = self.scheduler.timesteps[start : start + 1].repeat(batch_size)
             latents = self.scheduler.add_noise(image_latents, noise, first)
 
-        # 5. Prepare the mask: latent resolution, nearest (a latent cell is repainted or kept as a whole)
-        latent_mask = F.interpolate(mask, size=shape[-2:]).to(device=self.device, dtype=latents.dtype)
-        latent_mask = latent_mask.repeat(batch_size, 1, 1, 1)
-        extra_channels = None
-        if self.is_inpainting_unet:
-            masked_latents = self.encode_images(pixel_values * (mask < 0.5), generator, batch_size)
-            extra_channels = torch.cat([latent_mask, masked_latents], dim=1)
+        # 5. Prepare the mask at latent resolution (and, for a 9-channel U-Net, the masked image's latents)
+        latent_mask, extra_channels = self.prepare_mask_latents(mask, pixel_values, generator, batch_size)
 
         # 6. Denoising loop: the model keeps the known region (9 channels), or the blend does (4 channels)
         blend = None
@@ -141,6 +130,30 @@ class InpaintPipeline(DenoisingPipeline):
         images = self.decode(latents, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images)
+
+    def prepare_image_and_mask(self, image, mask_image) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image `(1, 3, H, W)` in [-1, 1] and binarised mask `(1, 1, H, W)` in {0, 1}; one-sentence
+        `ValueError` unless they are one image and one mask of the same size."""
+        pixel_values = self.prepare_image(image)
+        mask = self.prepare_image(mask_image, self.mask_processor)
+        if mask.shape[-2:] != pixel_values.shape[-2:] or pixel_values.shape[0] != 1 or mask.shape[0] != 1:
+            raise ValueError(f"mask_image must be one mask of the image's size {tuple(pixel_values.shape[-2:])}, "
+                             f"got {tuple(mask.shape[-2:])}.")
+        return pixel_values, mask
+
+    def latent_size(self, mask: torch.Tensor) -> tuple[int, int]:
+        return tuple(s // self.vae_scale_factor for s in mask.shape[-2:])
+
+    def prepare_mask_latents(self, mask, pixel_values, generator, batch_size: int):
+        """(latent_mask `(B, 1, h, w)`, extra_channels `(B, 1 + C, h, w)` or None): the mask resized nearest
+        (a latent cell is repainted or kept as a whole), and for an SD-inpainting U-Net the mask with the masked
+        image's latents, drawn after the starting noise as stock draws them."""
+        latent_mask = F.interpolate(mask, size=self.latent_size(mask))
+        latent_mask = latent_mask.to(device=self.device, dtype=self.unet.dtype).repeat(batch_size, 1, 1, 1)
+        if not self.is_inpainting_unet:
+            return latent_mask, None
+        masked_latents = self.encode_images(pixel_values * (mask < 0.5), generator, batch_size)
+        return latent_mask, torch.cat([latent_mask, masked_latents], dim=1)
 
     def known_region_blend(self, image_latents: torch.Tensor, noise: torch.Tensor,
                            latent_mask: torch.Tensor) -> AfterStep:
