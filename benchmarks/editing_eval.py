@@ -38,6 +38,7 @@ from pipelines.outpaint import outpaint
 from pipelines.schedulers import make_scheduler
 
 MARGIN = 2  # pixels around the object's box in the inpainting mask (then snapped out to the latent grid)
+PASTE_BLUR = 2  # --mask-blur of the softened paste-back variant, in pixels
 CUT = 8  # pixels cut off the object's side for outpainting: about half of a small object, a third of a large
 CUT_SIDES = {"left": (CUT, 0, 0, 0), "top": (0, CUT, 0, 0), "right": (0, 0, CUT, 0), "bottom": (0, 0, 0, CUT)}
 
@@ -106,9 +107,9 @@ def inpaint_runs(pipe: InpaintPipeline, scenes, *, seeds, steps, scale, size, ju
                 guidance_scale=scale, num_images_per_prompt=seeds, generator=generators(i, seeds),
                 output_type="np", jump_length=jump_length, jump_n_sample=jumps,
             ).images)
-        weight = paste_weight(mask_image, 0)[..., None]
-        runs["keep_unmasked"] = [(weight * im + (1 - weight) * original).round().astype(np.uint8)
-                                 for im in runs["blend"]]
+        for name, blur in (("keep_unmasked", 0), (f"keep_unmasked_blur{PASTE_BLUR}", PASTE_BLUR)):
+            weight = paste_weight(mask_image, blur)[..., None]
+            runs[name] = [(weight * im + (1 - weight) * original).round().astype(np.uint8) for im in runs["blend"]]
         reconstruction = vae_reconstruction(pipe, init)
         for name, images in runs.items():
             for image in images:
@@ -198,11 +199,11 @@ def save_figures(sweep, sweep_examples, inpaint_examples, outpaint_examples, fol
     tiles, captions = [], []
     for row in inpaint_examples[:3]:
         tiles += [big(im) for im in row]
-        captions += ["init", "mask", "blend", "RePaint", "keep unmasked"]
+        captions += ["init", "mask", "blend", "RePaint", "keep unmasked", f"keep, blur {PASTE_BLUR}"]
     for row in outpaint_examples[:3]:
-        tiles += [big(im) for im in row] + [Image.new("RGB", (96, 96), "white")] * 2
-        captions += ["scene", "cut", "outpainted", "", ""]
-    make_grid(tiles, captions=captions, ncols=5).save(folder / "editing_inpaint_outpaint.png")
+        tiles += [big(im) for im in row] + [Image.new("RGB", (96, 96), "white")] * 3
+        captions += ["scene", "cut", "outpainted", "", "", ""]
+    make_grid(tiles, captions=captions, ncols=6).save(folder / "editing_inpaint_outpaint.png")
 
 
 def main() -> None:
