@@ -27,6 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 from ldm.attention import check_attention, set_attention
 from ldm.cli import run_command
 from ldm.grid import make_grid
+from pipelines.edit_inputs import EditInputs, check_edit_options, check_text_to_image_model, read_edit_inputs
 from pipelines.folder import load_pipeline
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -81,6 +82,35 @@ class GenerateConfig:
         metadata={"help": "attention kernel: auto (xformers on CUDA when installed, else PyTorch SDPA), sdpa, "
                           "xformers"},
     )
+    # Editing (pipelines.edit_inputs): image-to-image with --image, inpainting with --mask-image or --outpaint.
+    image: str | None = field(default=None, metadata={"help": "init image to edit (image-to-image, SDEdit)"})
+    strength: float | None = field(
+        default=None,
+        metadata={"help": "how far to noise --image, in (0, 1]: runs int(steps * strength) steps "
+                          "(without it: 0.8, or 1.0 with a mask)"},
+    )
+    mask_image: str | None = field(
+        default=None, metadata={"help": "inpaint: greyscale mask of --image's size, white = repaint"}
+    )
+    mask_blur: int = field(
+        default=0, metadata={"help": "pixels of Gaussian softening inside the mask's edge for --keep-unmasked"}
+    )
+    keep_unmasked: bool = field(
+        default=False, metadata={"help": "paste the original pixels back outside the mask (exact there)"}
+    )
+    outpaint: str | None = field(
+        default=None,
+        metadata={"help": "LEFT,TOP,RIGHT,BOTTOM pixels to add around --image and paint (multiples of the "
+                          "VAE factor)"},
+    )
+    repaint_jump_length: int = field(
+        default=10, metadata={"help": "RePaint: steps per resampled block (with --repaint-jump-n-sample > 1)"}
+    )
+    repaint_jump_n_sample: int = field(
+        default=1,
+        metadata={"help": "RePaint: times each block is denoised (1 = plain blend; > 1 needs --scheduler "
+                          "ddim or ddpm)"},
+    )
 
     def __post_init__(self):
         if (self.prompt is None) == (self.prompts_file is None):
@@ -100,6 +130,11 @@ class GenerateConfig:
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        check_edit_options(image=self.image, mask_image=self.mask_image, strength=self.strength,
+                           mask_blur=self.mask_blur, keep_unmasked=self.keep_unmasked, outpaint=self.outpaint,
+                           jump_length=self.repaint_jump_length, jump_n_sample=self.repaint_jump_n_sample)
+        if self.image is not None and (self.height is not None or self.width is not None):
+            raise ValueError("--height/--width do not apply with --image: the image (and --outpaint) sets the size.")
 
 
 @dataclass
@@ -200,15 +235,16 @@ def prepare_pipeline(config: GenerateConfig, device: torch.device, dtype: torch.
     return pipe
 
 
-def png_info(job: ImageJob, config: GenerateConfig) -> PngInfo:
+def png_info(job: ImageJob, config: GenerateConfig, edit: EditInputs | None = None) -> PngInfo:
     info = PngInfo()
-    for key, value in manifest_row(job, config).items():
+    for key, value in manifest_row(job, config, edit).items():
         if key != "file":
             info.add_text(key, json.dumps(value) if not isinstance(value, str) else value)
     return info
 
 
-def manifest_row(job: ImageJob, config: GenerateConfig) -> dict:
+def manifest_row(job: ImageJob, config: GenerateConfig, edit: EditInputs | None = None) -> dict:
+    edit_fields = {} if edit is None else edit.manifest_fields(image_path=config.image, mask_path=config.mask_image)
     return {
         "file": job.file,
         "prompt": job.prompt,
@@ -218,11 +254,13 @@ def manifest_row(job: ImageJob, config: GenerateConfig) -> dict:
         "guidance_scale": config.guidance_scale,
         "scheduler": config.scheduler,
         "model": config.model,
+        **edit_fields,
     }
 
 
-def run_batch(pipe, batch: list[ImageJob], config: GenerateConfig, out_dir: Path, autocast) -> None:
-    """Sample one batch (one generator per image) and write its PNGs."""
+def run_batch(pipe, batch: list[ImageJob], config: GenerateConfig, out_dir: Path, autocast,
+              edit: EditInputs | None = None) -> None:
+    """Sample (or edit) one batch (one generator per image) and write its PNGs."""
     negatives = [job.negative_prompt for job in batch]
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
     with autocast:
@@ -232,19 +270,21 @@ def run_batch(pipe, batch: list[ImageJob], config: GenerateConfig, out_dir: Path
             num_inference_steps=config.steps,
             guidance_scale=config.guidance_scale,
             generator=generators,
-            height=config.height,
-            width=config.width,
             output_type="pil",
+            **(edit.pipeline_kwargs() if edit else {"height": config.height, "width": config.width}),
         ).images
+    if edit is not None:
+        images = edit.finish(images)
     for job, image in zip(batch, images):
-        image.save(out_dir / job.file, pnginfo=png_info(job, config))
+        image.save(out_dir / job.file, pnginfo=png_info(job, config, edit))
 
 
-def write_outputs(jobs: list[ImageJob], config: GenerateConfig, out_dir: Path) -> None:
+def write_outputs(jobs: list[ImageJob], config: GenerateConfig, out_dir: Path,
+                  edit: EditInputs | None = None) -> None:
     """Main process, after all images exist: manifest.jsonl in job order and the contact sheet."""
     with open(out_dir / MANIFEST, "w", encoding="utf-8") as manifest:
         for job in jobs:
-            manifest.write(json.dumps(manifest_row(job, config)) + "\n")
+            manifest.write(json.dumps(manifest_row(job, config, edit)) + "\n")
     shown = jobs[:GRID_MAX_IMAGES]
     images = [Image.open(out_dir / job.file).convert("RGB") for job in shown]
     make_grid(images, captions=[job.prompt for job in shown], ncols=config.num_images).save(
@@ -272,10 +312,19 @@ def generate(config: GenerateConfig) -> list[ImageJob]:
     out_dir = Path(config.out)
     jobs = make_jobs(read_prompts(config), seed=config.seed, num_images=config.num_images)
     check_writable(out_dir, state.process_index)  # every process, so none waits for one that failed
+    edit = None if config.image is None else read_edit_inputs(
+        image=config.image, mask_image=config.mask_image, strength=config.strength, mask_blur=config.mask_blur,
+        keep_unmasked=config.keep_unmasked, outpaint=config.outpaint, jump_length=config.repaint_jump_length,
+        jump_n_sample=config.repaint_jump_n_sample,
+    )
     dtype = pick_dtype(config.dtype, state.device)
     pipe = prepare_pipeline(config, state.device, dtype)
-    height, width = config.height or pipe.default_size, config.width or pipe.default_size
-    pipe.check_inputs([jobs[0].prompt], None, height, width, config.steps, config.guidance_scale, 1, "pil")
+    if edit is None:
+        check_text_to_image_model(pipe)
+        height, width = config.height or pipe.default_size, config.width or pipe.default_size
+        pipe.check_inputs([jobs[0].prompt], None, height, width, config.steps, config.guidance_scale, 1, "pil")
+    else:
+        pipe = edit.pipeline(pipe, config.steps)
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16)
         if state.device.type == "cpu" and dtype == torch.bfloat16
@@ -292,10 +341,10 @@ def generate(config: GenerateConfig) -> list[ImageJob]:
             len(batches),
         )
         for batch in tqdm(my_batches, desc="batches", disable=not state.is_local_main_process):
-            run_batch(pipe, batch, config, out_dir, autocast)
+            run_batch(pipe, batch, config, out_dir, autocast, edit)
     state.wait_for_everyone()
     if state.is_main_process:
-        write_outputs(jobs, config, out_dir)
+        write_outputs(jobs, config, out_dir, edit)
         (out_dir / "generate_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         logger.info("wrote %d images, grid.png and %s to %s", len(jobs), MANIFEST, out_dir)
     return jobs

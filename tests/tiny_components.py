@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "triangle", "on", "the", "left", "right")
@@ -78,6 +78,26 @@ def tiny_unet(seed: int = 0, sample_size: int = 8, cross_attention_dim: int = TI
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=4,
     ).eval()
+
+
+def tiny_inpaint_unet(seed: int = 0, sample_size: int = 8) -> UNet2DConditionModel:
+    """The SD-inpainting layout: 9 input channels (4 latents + 1 mask + 4 masked-image latents), 4 out."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=9, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_HIDDEN, attention_head_dim=4,
+    ).eval()
+
+
+def sd_scheduler_config() -> dict:
+    """What SD 1.x ships (steps_offset 1, no x0 clipping), so stock does not rewrite the config on load."""
+    return dict(DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    ).config)
 
 
 def tiny_vae(seed: int = 0, sample_size: int = 32) -> AutoencoderKL:
