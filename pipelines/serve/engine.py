@@ -203,8 +203,6 @@ class Generator:
                     num_inference_steps=request.steps,
                     guidance_scale=request.guidance_scale,
                     generator=[torch.Generator("cpu").manual_seed(item.seed) for _, item in batch],
-                    height=request.height,
-                    width=request.width,
                     output_type="pil",
                     callback=callback,
                     **edit_arguments(request),
@@ -278,10 +276,15 @@ def edit_pipelines(pipe) -> dict:
 
 
 def edit_arguments(request: GenerationRequest) -> dict:
-    """The keyword arguments the edit pipelines take on top of text-to-image's."""
+    """The keyword arguments that differ between text-to-image (the size) and the edit pipelines (the image,
+    resized to the requested size as AUTOMATIC1111's default "just resize" does, its mask and the strength)."""
     if request.mode == "txt2img":
-        return {}
-    kwargs = {"image": request.init_image, "strength": request.strength}
+        return {"height": request.height, "width": request.width}
+    image = request.init_image
+    size = (request.width or image.width, request.height or image.height)
+    kwargs = {"image": image.resize(size, Image.LANCZOS) if image.size != size else image,
+              "strength": request.strength}
     if request.mode == "inpaint":
-        kwargs["mask_image"] = request.mask
+        mask = request.mask
+        kwargs["mask_image"] = mask.resize(size, Image.NEAREST) if mask.size != size else mask
     return kwargs
