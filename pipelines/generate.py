@@ -32,6 +32,7 @@ from ldm.grid import make_grid
 from ldm.training.config import DefaultsHelpFormatter
 from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS
 from pipelines.folder import load_pipeline
+from pipelines.lora import LORA_HELP, apply_loras, lora_records, lora_specs
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
@@ -79,6 +80,7 @@ class GenerateConfig:
             "help": "auto (CUDA: bf16 or fp16; CPU: fp32), fp32, bf16 (CPU: autocast), fp16 (CUDA only)"
         },
     )
+    lora: tuple[str, ...] = field(default=(), metadata={"help": LORA_HELP})
     attention: str = field(
         default="auto",
         metadata={"help": "attention kernel: auto (xformers on CUDA when installed, else PyTorch SDPA), sdpa, "
@@ -100,6 +102,8 @@ class GenerateConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
+        self.lora = tuple(self.lora or ())
+        lora_specs(self.lora)  # a bad scale or a missing file fails before any work
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
@@ -197,6 +201,7 @@ def prepare_pipeline(config: GenerateConfig, device: torch.device, dtype: torch.
     if weights_dtype == torch.float16:
         pipe.vae.to(torch.float32)  # the SD VAE decoder overflows in fp16; decoding in fp32 is cheap
     logger.info("attention: %s", set_attention(pipe, config.attention, device))
+    apply_loras(pipe, lora_specs(config.lora))
     if config.compile:
         pipe.unet.compile()  # in place, so the pipeline still sees a UNet2DConditionModel
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
@@ -221,6 +226,7 @@ def manifest_row(job: ImageJob, config: GenerateConfig) -> dict:
         "guidance_scale": config.guidance_scale,
         "scheduler": config.scheduler,
         "model": config.model,
+        **({"loras": lora_records(config.lora)} if config.lora else {}),
     }
 
 
@@ -320,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "prompt":
             continue
         flags = [f"--{f.name.replace('_', '-')}"] + (["-n"] if f.name == "num_images" else [])
+        if str(f.type).startswith("tuple"):  # repeatable: --lora A --lora B
+            parser.add_argument(*flags, dest=f.name, action="append", default=None, help=f.metadata["help"])
+            continue
         if f.type == "bool":
             parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
             continue

@@ -55,6 +55,9 @@ def build_parser(config_cls: type, *, description: str | None = None) -> argpars
             raise TypeError(f"config field {config_cls.__name__}.{f.name} has no help text.")
         kind = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        if typing.get_origin(hints[f.name]) is tuple:  # a repeatable option: --lora A --lora B → ("A", "B")
+            parser.add_argument(flag, action="append", default=None, help=f.metadata["help"])
+            continue
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f.metadata["help"])
