@@ -5,8 +5,8 @@
 (plain `python train_ldm.py ...` works too). The output is a diffusers pipeline folder that stock
 `StableDiffusionPipeline.from_pretrained(OUT2)` loads, plus `train_config.json`, checkpoints, TensorBoard logs
 and validation grids. With `--pretrained DIR --lora-rank R` the base stays frozen, only LoRA adapters train
-(`ldm.lora`), and the output is `OUT2/pytorch_lora_weights.safetensors` instead of a pipeline folder. All diffusion maths lives in `ldm.objective`, the text conditioning in
-`ldm.conditioning`.
+(`ldm.lora`), and the output is `OUT2/pytorch_lora_weights.safetensors` instead of a pipeline folder.
+All diffusion maths lives in `ldm.objective`, the text conditioning in `ldm.conditioning`.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from ldm.conditioning import drop_mask, drop_words, encode_input_ids, null_promp
 from ldm.data import open_dataset
 from ldm.grid import make_grid
 from ldm.latents import load_or_encode
-from ldm.lora import (DEFAULT_UNET_TARGETS, FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, TEXT_ENCODER_TARGETS,
-                      adapter_state_dict, add_lora, resolve_targets, save_lora)
+from ldm.lora import (DEFAULT_UNET_TARGETS, FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME,
+                      TEXT_ENCODER_TARGETS, adapter_state_dict, add_lora, resolve_targets, save_lora)
 from ldm.objective import (diffusion_loss, make_noise_scheduler, min_snr_weights, sample_noise, snr,
                            training_target)
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
@@ -458,7 +458,8 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process:
         with ema_weights(ema, trained):
             if config.lora_rank:
-                save_adapters(config, output_dir, unet=accelerator.unwrap_model(unet), text_encoder=text_encoder)
+                save_adapters(config, output_dir, unet=accelerator.unwrap_model(unet),
+                              text_encoder=text_encoder)
             else:
                 save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                      unet=accelerator.unwrap_model(unet), scheduler=sampler)

@@ -134,8 +134,8 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
-    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1]", "emoji[:size=N]", a folder (sidecar captions or
-    metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
+    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1]",
+    "emoji[:size=N]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources. Tar shards stream
     (IterableDataset); all others are map-style with `skipped` (reason → count).
