@@ -41,6 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = {"colour": "shapes:objects=1,novelcolour=1", "shape": "shapes:objects=1,novelshape=1"}
 
 
+def data_source(kind: str, share: int) -> str:
+    """The training source: the novel concept, mixed with the base's own scenes below share = 100 percent."""
+    return DATA[kind] + (f",novelshare={share}" if share < 100 else "")
+
+
 def train(name: str, *, base: str, out: Path, data: str, args, extra: list[str]) -> dict:
     """Run train_ldm.py in a child process; return its wall time, seconds per step and peak RSS."""
     folder = out / name
@@ -147,6 +152,8 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=500, help="training images of the new concept")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every training")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--share", type=int, default=100, help="percent of training images that show the new "
+                        "concept; the rest are the base's own scenes (prior preservation)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=2e-4)
@@ -164,11 +171,13 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lora = ["--lora-rank", str(args.rank), "--lora-text-encoder", "--lr", str(args.lora_lr)]
-    runs = {"lora_colour": train("lora_colour", base=args.base, out=out, data=DATA["colour"], args=args,
-                                 extra=lora),
-            "full_colour": train("full_colour", base=args.base, out=out, data=DATA["colour"], args=args,
+    runs = {"lora_colour": train("lora_colour", base=args.base, out=out, data=data_source("colour", args.share),
+                                 args=args, extra=lora),
+            "full_colour": train("full_colour", base=args.base, out=out, data=data_source("colour", args.share),
+                                 args=args,
                                  extra=["--train-text-encoder", "--lr", str(args.full_lr)]),
-            "lora_shape": train("lora_shape", base=args.base, out=out, data=DATA["shape"], args=args, extra=lora)}
+            "lora_shape": train("lora_shape", base=args.base, out=out, data=data_source("shape", args.share),
+                                args=args, extra=lora)}
     for name, timing in runs.items():
         timing.update(sizes(out / name, lora=name.startswith("lora")))
     base_sizes = sizes(Path(args.base), lora=False)

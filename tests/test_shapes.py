@@ -249,3 +249,8 @@ def test_novel_concept_is_opt_in_and_splits_its_pairs():
     assert not {o.colour for i in range(60) for o in plain.scene(i).objects} & {"pink"}
     with pytest.raises(ValueError, match="novelcolour must be 0 or 1"):
         open_dataset("shapes:novelcolour=2", resolution=32)
+    mixed = open_dataset("shapes:objects=1,novelcolour=1,novelshare=30", resolution=32, size=400)
+    pink = sum(mixed.scene(i).objects[0].colour == "pink" for i in range(400))
+    assert 0.2 < pink / 400 < 0.4  # about 30% new concept, the rest the base's own seen pairs
+    assert all(mixed.scene(i).objects[0].colour == "pink" or (mixed.scene(i).objects[0].colour,
+               mixed.scene(i).objects[0].shape) in shapes.SEEN_PAIRS for i in range(400))

@@ -12,8 +12,8 @@ from . import shapes
 from .transforms import flip, to_tensor
 
 SHAPES_SIZES = {"train": 20_000, "test": 1_000, "heldout": 1_000}  # default lengths: an epoch, not a limit
-BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs", "novelcolour", "novelshape"},
-                   "emoji": {"size"}}
+BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs", "novelcolour", "novelshape",
+                              "novelshare"}, "emoji": {"size"}}
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -36,13 +36,14 @@ class ShapesDataset(torch.utils.data.Dataset):
         simple: bool = False,
         all_pairs: bool = False,
         novel: str = "",
+        novel_share: float = 1.0,
     ):
         if split not in shapes.SPLITS:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(shapes.SPLITS)}.")
         shapes.check_variant(max_objects=max_objects, simple=simple)
         self.resolution, self.split, self.seed = resolution, split, seed
         self.max_objects, self.random_flip, self.simple = max_objects, random_flip, simple
-        self.all_pairs, self.novel = all_pairs, novel
+        self.all_pairs, self.novel, self.novel_share = all_pairs, novel, novel_share
         if novel:
             shapes.novel_pairs(novel, split)  # raises for an unknown kind
         self.size = SHAPES_SIZES[split] if size is None else size
@@ -61,12 +62,13 @@ class ShapesDataset(torch.utils.data.Dataset):
     def scene(self, index: int) -> shapes.Scene:
         """Ground-truth attributes of item `index`."""
         return shapes.sample_scene(self._rng(index), split=self.split, max_objects=self.max_objects,
-                                   simple=self.simple, all_pairs=self.all_pairs, novel=self.novel)
+                                   simple=self.simple, all_pairs=self.all_pairs, novel=self.novel,
+                                   novel_share=self.novel_share)
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         scene = shapes.sample_scene(rng, split=self.split, max_objects=self.max_objects, simple=self.simple,
-                                    all_pairs=self.all_pairs, novel=self.novel)
+                                    all_pairs=self.all_pairs, novel=self.novel, novel_share=self.novel_share)
         caption = shapes.caption_scene(scene, rng)
         image = shapes.render_scene(scene, self.resolution)
         if self.random_flip and random.random() < 0.5:
@@ -120,6 +122,12 @@ def _open_path(path: str, *, split: str, caption_column: str, caption_ext: str, 
     return sources.ImageCaptionDataset(records, skipped, name=path, **options)
 
 
+def _percent(value: int, name: str) -> float:
+    if not 1 <= value <= 100:
+        raise ValueError(f"shapes {name} is a percentage from 1 to 100, got {value}.")
+    return value / 100
+
+
 def open_dataset(
     source: str | Path,
     *,
@@ -134,7 +142,7 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
-    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1]",
+    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1,novelshare=P]",
     "emoji[:size=N]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources. Tar shards stream
@@ -162,6 +170,7 @@ def open_dataset(
             simple=bool(simple),
             all_pairs=bool(all_pairs),
             novel=shapes.NOVEL_KINDS[novel_colour + 2 * novel_shape],  # "", colour, shape, both
+            novel_share=_percent(builtin.get("novelshare", 100), "novelshare"),
         )
     if name == "emoji":
         from .emoji import EmojiDataset

@@ -223,7 +223,7 @@ def check_variant(*, max_objects: int, simple: bool) -> None:
 
 def sample_scene(
     rng: np.random.Generator, *, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False, all_pairs: bool = False, novel: str = "",
+    simple: bool = False, all_pairs: bool = False, novel: str = "", novel_share: float = 1.0,
 ) -> Scene:
     """Draw one scene for `split` with 1..max_objects objects (max_objects in 1..3).
 
@@ -231,8 +231,11 @@ def sample_scene(
     colour–shape pairs at distinct positions; in "heldout" the first object is a held-out pair and the
     others are seen pairs, in "train"/"test" all are seen pairs (any pair with `all_pairs`). `simple`
     (max_objects must be 1): one large object in the centre. `novel` ("colour", "shape", "both"): the first
-    object's pair comes from `novel_pairs(novel, split)` instead.
+    object's pair comes from `novel_pairs(novel, split)` instead, in a `novel_share` of the scenes (the others
+    are ordinary scenes of `split`: prior-preservation data that keeps what the model knew).
     """
+    if novel and novel_share < 1.0 and rng.random() >= novel_share:  # drawn only then: streams stay as they were
+        novel = ""
     if split not in SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(SPLITS)}.")
     check_variant(max_objects=max_objects, simple=simple)
@@ -259,13 +262,13 @@ def sample_scene(
 
 def scene_for_index(
     index: int, *, seed: int = 0, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False, all_pairs: bool = False, novel: str = "",
+    simple: bool = False, all_pairs: bool = False, novel: str = "", novel_share: float = 1.0,
 ) -> Scene:
     """The scene at `index` of a split: a pure function of (seed, split, index, max_objects, simple,
-    all_pairs, novel)."""
+    all_pairs, novel, novel_share)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     return sample_scene(rng, split=split, max_objects=max_objects, simple=simple, all_pairs=all_pairs,
-                        novel=novel)
+                        novel=novel, novel_share=novel_share)
 
 
 def _plural(shape: str) -> str:
