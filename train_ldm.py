@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import math
 import shutil
@@ -171,6 +172,18 @@ class TrainConfig:
             raise ValueError("--train-text-encoder trains every text-encoder weight; with --lora-rank use "
                              "--lora-text-encoder.")
         resolve_targets(self.lora_targets.split(","))
+        encoder_file = Path(self.text_encoder or self.pretrained) / "text_encoder" / "config.json"
+        if self.lora_text_encoder and encoder_file.is_file() and \
+                json.loads(encoder_file.read_text()).get("num_hidden_layers") == 0:
+            raise ValueError("--lora-text-encoder: this text encoder has no transformer layers to adapt (preset "
+                             "'embeddings'); each word piece reaches the U-Net's cross-attention as it is, so "
+                             "the U-Net adapter alone learns new words.")
+        scheduler_file = Path(self.pretrained) / "scheduler" / "scheduler_config.json"
+        base = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+        for name in ("prediction_type", "beta_schedule", "num_train_timesteps"):
+            if name in base and base[name] != getattr(self, name):  # an adapter must learn the base's objective
+                raise ValueError(f"the base {self.pretrained} was trained with {name} {base[name]}; pass "
+                                 f"--{name.replace('_', '-')} {base[name]} (got {getattr(self, name)}).")
 
     @property
     def prompts(self) -> list[str]:

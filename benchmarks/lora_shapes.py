@@ -41,6 +41,28 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = {"colour": "shapes:objects=1,novelcolour=1", "shape": "shapes:objects=1,novelshape=1"}
 
 
+OBJECTIVE = ("prediction_type", "beta_schedule", "num_train_timesteps", "min_snr_gamma", "snr_floor",
+             "offset_noise", "zero_terminal_snr")
+
+
+def objective_flags(base: str) -> list[str]:
+    """The base's training objective as train_ldm.py flags (from its train_config.json), so that the adapter
+    and the fine-tune learn what the base learned."""
+    path = Path(base) / "train_config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    flags = []
+    for name in OBJECTIVE:
+        value = saved.get(name)
+        if value is None or value is False:
+            continue
+        flags += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
+
+
+def text_encoder_layers(base: str) -> int:
+    return json.loads((Path(base) / "text_encoder" / "config.json").read_text())["num_hidden_layers"]
+
+
 def data_source(kind: str, share: int) -> str:
     """The training source: the novel concept, mixed with the base's own scenes below share = 100 percent."""
     return DATA[kind] + (f",novelshare={share}" if share < 100 else "")
@@ -150,13 +172,13 @@ def parse_args(argv=None):
     parser.add_argument("--base", required=True, help="the base pipeline folder (quickstart stage2)")
     parser.add_argument("--out", default="runs/lora/bench")
     parser.add_argument("--images", type=int, default=500, help="training images of the new concept")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every training")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of every training")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--share", type=int, default=100, help="percent of training images that show the new "
                         "concept; the rest are the base's own scenes (prior preservation)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=2e-3)
-    parser.add_argument("--full-lr", type=float, default=2e-4)
+    parser.add_argument("--full-lr", type=float, default=5e-4)
     parser.add_argument("--prompts", type=int, default=24, help="prompts per set")
     parser.add_argument("--seeds", type=int, default=4, help="images per prompt")
     parser.add_argument("--w", type=float, default=1.0, help="guidance weight (guidance_scale = w + 1)")
@@ -170,12 +192,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lora = ["--lora-rank", str(args.rank), "--lora-text-encoder", "--lr", str(args.lora_lr)]
+    objective = objective_flags(args.base)
+    # A text encoder without layers (the quickstart's) passes each word piece on as it is: the U-Net adapter
+    # alone learns the new word; with layers, the text encoder gets an adapter too.
+    lora = ["--lora-rank", str(args.rank), "--lr", str(args.lora_lr), *objective] + (
+        ["--lora-text-encoder"] if text_encoder_layers(args.base) else [])
     runs = {"lora_colour": train("lora_colour", base=args.base, out=out, data=data_source("colour", args.share),
                                  args=args, extra=lora),
             "full_colour": train("full_colour", base=args.base, out=out, data=data_source("colour", args.share),
                                  args=args,
-                                 extra=["--train-text-encoder", "--lr", str(args.full_lr)]),
+                                 extra=["--train-text-encoder", "--lr", str(args.full_lr), *objective]),
             "lora_shape": train("lora_shape", base=args.base, out=out, data=data_source("shape", args.share),
                                 args=args, extra=lora)}
     for name, timing in runs.items():

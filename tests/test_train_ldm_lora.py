@@ -59,8 +59,21 @@ def test_lora_resume_is_exact_and_the_base_stays_frozen(base, tmp_path):
     (("--lora-rank", "0"), "must be at least 1"),
     (("--train-text-encoder",), "use --lora-text-encoder"),
     (("--lora-targets", "nothing_like_this"), "cannot attach LoRA"),
+    (("--prediction-type", "v_prediction"), "pass --prediction-type epsilon"),
 ])
 def test_lora_mistakes_are_one_line_errors(base, tmp_path, capsys, extra, message):
     assert train_ldm.main(_args(base, tmp_path / "out", "--max-steps", "1", "--vae", str(base), *extra)) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err
+
+
+def test_lora_text_encoder_on_a_layer_free_encoder_is_a_one_line_error(tmp_path, capsys):
+    """The quickstart's 'embeddings' text encoder has no layers: --lora-text-encoder says why it does not apply
+    before any work."""
+    (tmp_path / "base" / "text_encoder").mkdir(parents=True)
+    (tmp_path / "base" / "text_encoder" / "config.json").write_text('{"num_hidden_layers": 0}')
+    argv = ["--data", "shapes", "--pretrained", str(tmp_path / "base"), "--output-dir", str(tmp_path / "out"),
+            "--lora-rank", "2", "--lora-text-encoder"]
+    assert train_ldm.main(argv) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no transformer layers to adapt" in err
