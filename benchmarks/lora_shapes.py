@@ -115,7 +115,9 @@ def novel_prompts(novel: str, split: str, count: int) -> list[tuple[str, shapes.
 
 
 def prompt_sets(count: int) -> dict[str, list[tuple[str, shapes.Scene]]]:
-    base = build_prompt_set(prompts_per_split=count, max_objects=1, seed=0)
+    # The base's own evaluation prompts, 48 per split as ldm-eval uses them (same prompts and seeds for every
+    # model, so retention is a paired comparison).
+    base = build_prompt_set(prompts_per_split=48, max_objects=1, seed=0)
     return {"colour_trained": novel_prompts("colour", "test", count),
             "colour_unseen": novel_prompts("colour", "heldout", count),
             "shape_trained": novel_prompts("shape", "test", count),
