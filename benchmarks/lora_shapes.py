@@ -123,10 +123,10 @@ def novel_prompts(novel: str, split: str, count: int, tokenizer) -> list[tuple[s
     return list(found.items())
 
 
-def prompt_sets(count: int, tokenizer) -> dict[str, list[tuple[str, shapes.Scene]]]:
-    # The base's own evaluation prompts, 48 per split as ldm-eval uses them (same prompts and seeds for every
-    # model, so retention is a paired comparison).
-    base = build_prompt_set(prompts_per_split=48, max_objects=1, seed=0)
+def prompt_sets(count: int, tokenizer, base_prompts: int) -> dict[str, list[tuple[str, shapes.Scene]]]:
+    # The base's own evaluation prompts (ldm-eval's, 48 per split by default), the same prompts and seeds for
+    # every model, so retention is a paired comparison.
+    base = build_prompt_set(prompts_per_split=base_prompts, max_objects=1, seed=0)
     novel = {"colour": "colour", "shape": "shape"}
     sets = {f"{kind}_{name}": novel_prompts(novel[kind], split, count, tokenizer)
             for kind in novel for name, split in (("trained", "test"), ("unseen", "heldout"))}
@@ -192,7 +192,8 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=5e-4)
-    parser.add_argument("--prompts", type=int, default=24, help="prompts per set")
+    parser.add_argument("--prompts", type=int, default=24, help="prompts per novel set, at most")
+    parser.add_argument("--base-prompts", type=int, default=48, help="prompts per split of the base's own set")
     parser.add_argument("--seeds", type=int, default=4, help="images per prompt, at least")
     parser.add_argument("--images-per-set", type=int, default=48, help="images per prompt set, at least")
     parser.add_argument("--w", type=float, default=1.0, help="guidance weight (guidance_scale = w + 1)")
@@ -222,7 +223,7 @@ def main(argv=None) -> dict:
         timing.update(sizes(out / name, lora=name.startswith("lora")))
     base_sizes = sizes(Path(args.base), lora=False)
 
-    sets = prompt_sets(args.prompts, load_pipeline(args.base).tokenizer)
+    sets = prompt_sets(args.prompts, load_pipeline(args.base).tokenizer, args.base_prompts)
     colour, shape = (str(out / "lora_colour" / LORA_WEIGHTS_NAME), 1.0), (str(out / "lora_shape" /
                                                                                LORA_WEIGHTS_NAME), 1.0)
     models = {"base": (args.base, ()), "lora_colour": (args.base, (colour,)),
