@@ -4,14 +4,16 @@
 
 (plain `python train_ldm.py ...` works too). The output is a diffusers pipeline folder that stock
 `StableDiffusionPipeline.from_pretrained(OUT2)` loads, plus `train_config.json`, checkpoints, TensorBoard logs
-and validation grids. All diffusion maths lives in `ldm.objective`, the text conditioning in
-`ldm.conditioning`.
+and validation grids. With `--pretrained DIR --lora-rank R` the base stays frozen, only LoRA adapters train
+(`ldm.lora`), and the output is `OUT2/pytorch_lora_weights.safetensors` instead of a pipeline folder.
+All diffusion maths lives in `ldm.objective`, the text conditioning in `ldm.conditioning`.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import itertools
+import json
 import logging
 import math
 import shutil
@@ -34,6 +36,8 @@ from ldm.encode_shards import build_latent_cache, cache_source, shard_cache_key
 from ldm.grid import make_grid
 from ldm.latent_cache import vae_weights_hash
 from ldm.latent_shards import CACHE_DTYPES, TRAINING_CACHE_DIR, ShardedLatentCache
+from ldm.lora import (DEFAULT_UNET_TARGETS, FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME,
+                      TEXT_ENCODER_TARGETS, adapter_state_dict, add_lora, resolve_targets, save_lora)
 from ldm.objective import make_noise_scheduler
 from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
@@ -93,6 +97,15 @@ class TrainConfig:
     pretrained: str | None = option(None, "fine-tune the unet/ of this pipeline folder")
     norm_num_groups: int | None = option(None, "GroupNorm groups of a new U-Net (default: the preset's or "
                                                "config's); must divide every block's channels")
+    # LoRA (ldm.lora): frozen --pretrained base, only low-rank adapters train; the output is one adapter file.
+    lora_rank: int | None = option(None, "train a LoRA adapter of this rank on the frozen --pretrained model "
+                                         "(output OUT/pytorch_lora_weights.safetensors, not a pipeline)")
+    lora_alpha: float | None = option(None, "LoRA alpha: the update is scaled by alpha / rank (default: rank)")
+    lora_targets: str = option(",".join(DEFAULT_UNET_TARGETS), "U-Net modules to adapt, comma-separated: "
+                               "module names or groups attn (attention projections), ff, proj, conv")
+    lora_text_encoder: bool = option(False, "also adapt the text encoder (how a LoRA teaches a new word)")
+    lora_format: str = option("diffusers", "adapter file layout; kohya also writes "
+                              f"OUT/{KOHYA_WEIGHTS_NAME} for AUTOMATIC1111 / ComfyUI", choices=FORMATS)
     # Objective (ldm.objective).
     prediction_type: str = option("epsilon", "what the U-Net predicts", choices=("epsilon", "v_prediction"))
     beta_schedule: str = option("linear", "noise schedule (DDPM linear 1e-4..0.02)",
@@ -135,6 +148,8 @@ class TrainConfig:
     seed: int = option(0, "seed for initialisation, data order and every per-step random draw")
 
     def __post_init__(self):
+        if self.pretrained and not self.vae:
+            self.vae = self.pretrained  # a pipeline folder holds its VAE
         for name in ("vae", "output_dir") if self.latent_cache else ("data", "vae", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} is required.")
@@ -167,8 +182,34 @@ class TrainConfig:
         if self.snr_floor is not None and not 0 < self.snr_floor <= (self.min_snr_gamma or float("inf")):
             raise ValueError(f"--snr-floor must be positive and at most --min-snr-gamma, got {self.snr_floor}.")
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
+        self._check_lora()
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use-8bit-adam needs bitsandbytes (pip install bitsandbytes).")
+
+    def _check_lora(self) -> None:
+        if self.lora_rank is None:
+            if self.lora_text_encoder or self.lora_alpha is not None:
+                raise ValueError("--lora-alpha and --lora-text-encoder need --lora-rank.")
+            return
+        if self.lora_rank < 1 or not self.pretrained:
+            raise ValueError(f"--lora-rank must be at least 1 and needs --pretrained (the base to adapt), got "
+                             f"{self.lora_rank}{'' if self.pretrained else ' without --pretrained'}.")
+        if self.train_text_encoder:
+            raise ValueError("--train-text-encoder trains every text-encoder weight; with --lora-rank use "
+                             "--lora-text-encoder.")
+        resolve_targets(self.lora_targets.split(","))
+        encoder_file = Path(self.text_encoder or self.pretrained) / "text_encoder" / "config.json"
+        if self.lora_text_encoder and encoder_file.is_file() and \
+                json.loads(encoder_file.read_text()).get("num_hidden_layers") == 0:
+            raise ValueError("--lora-text-encoder: this text encoder has no transformer layers to adapt (preset "
+                             "'embeddings'); each word piece reaches the U-Net's cross-attention as it is, so "
+                             "the U-Net adapter alone learns new words.")
+        scheduler_file = Path(self.pretrained) / "scheduler" / "scheduler_config.json"
+        base = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+        for name in ("prediction_type", "beta_schedule", "num_train_timesteps"):
+            if name in base and base[name] != getattr(self, name):  # an adapter must learn the base's objective
+                raise ValueError(f"the base {self.pretrained} was trained with {name} {base[name]}; pass "
+                                 f"--{name.replace('_', '-')} {base[name]} (got {getattr(self, name)}).")
 
     @property
     def bucket_spec(self) -> BucketSpec | None:
@@ -287,6 +328,26 @@ def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainC
     return grid
 
 
+def attach_adapters(config: TrainConfig, *, unet, text_encoder) -> bool:
+    """Freeze the base and add LoRA adapters (`ldm.lora.add_lora`); return whether the text encoder trains."""
+    add_lora(unet, rank=config.lora_rank, alpha=config.lora_alpha,
+             targets=resolve_targets(config.lora_targets.split(",")))
+    if config.lora_text_encoder:
+        add_lora(text_encoder, rank=config.lora_rank, alpha=config.lora_alpha, targets=TEXT_ENCODER_TARGETS)
+    text_encoder.train(config.lora_text_encoder)
+    return config.lora_text_encoder
+
+
+def save_adapters(config: TrainConfig, output_dir: Path, *, unet, text_encoder) -> None:
+    """OUT/pytorch_lora_weights.safetensors (diffusers' format), and the kohya layout when asked."""
+    models = {"unet": unet, "text_encoder": text_encoder if config.lora_text_encoder else None}
+    state_dict, metadata = adapter_state_dict(models)
+    save_lora(output_dir / LORA_WEIGHTS_NAME, state_dict, metadata)
+    if config.lora_format == "kohya":
+        save_lora(output_dir / KOHYA_WEIGHTS_NAME, state_dict, metadata, lora_format="kohya")
+    logger.info("LoRA adapter (%d tensors) saved to %s", len(state_dict), output_dir / LORA_WEIGHTS_NAME)
+
+
 def train(config: TrainConfig) -> Path:
     """Run stage 2 from `config`; return the output pipeline folder."""
     output_dir = Path(config.output_dir)
@@ -321,11 +382,14 @@ def train(config: TrainConfig) -> Path:
                                            zero_terminal_snr=config.zero_terminal_snr,
                                            num_train_timesteps=config.num_train_timesteps)
     sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
+    if config.lora_rank:
+        train_text = attach_adapters(config, unet=unet, text_encoder=text_encoder)
     embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.iter_captions())
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
     # the null prompt), so its gradients are averaged by hand.
     parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+    parameters = [p for p in parameters if p.requires_grad]  # under LoRA: the adapters only
     optimizer = make_optimizer(parameters, config)
     lr_scheduler = make_lr_scheduler(optimizer, name=config.lr_schedule, warmup_steps=config.warmup_steps,
                                      max_steps=config.max_steps, accelerator=accelerator)
@@ -335,6 +399,8 @@ def train(config: TrainConfig) -> Path:
     # The EMA covers every trained weight: sampling must pair the averaged U-Net with the averaged text encoder
     # it was trained against, not with the encoder's last step.
     trained = torch.nn.ModuleList([accelerator.unwrap_model(unet)] + ([text_encoder] if train_text else []))
+    if config.lora_rank:
+        trained = torch.nn.ParameterList(parameters)  # average the adapters only: the base does not move
     ema = make_ema(trained, accelerator=accelerator, decay=config.ema_decay) if config.ema else None
     start = checkpoints.load(accelerator, resume_from) if resume_from else 0
 
@@ -391,9 +457,13 @@ def train(config: TrainConfig) -> Path:
     validate("final")
     if accelerator.is_main_process:
         with ema_weights(ema, trained):
-            save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                 unet=accelerator.unwrap_model(unet), scheduler=sampler)
-        logger.info("pipeline saved to %s", output_dir)
+            if config.lora_rank:
+                save_adapters(config, output_dir, unet=accelerator.unwrap_model(unet),
+                              text_encoder=text_encoder)
+            else:
+                save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                     unet=accelerator.unwrap_model(unet), scheduler=sampler)
+                logger.info("pipeline saved to %s", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir

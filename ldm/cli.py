@@ -4,7 +4,8 @@ Every command (`ldm-train-vae`, `ldm-train`, `ldm-generate`, `ldm-eval`, `ldm-qu
 declares a `@dataclass` config whose fields carry a default and `field(metadata={"help": ...})` (or the
 shorthand `option(default, help)`), validates it in `__post_init__` with a one-sentence ValueError, and hands it
 to `run_command`. Field `max_steps` becomes `--max-steps`; `bool` fields become `--flag / --no-flag`;
-`metadata["choices"]` restricts a value; `metadata["aliases"]` adds short flags (`-n`); `metadata["positional"]`
+`tuple[X, ...]` fields are repeatable (`--lora A --lora B`); `metadata["choices"]` restricts a value;
+`metadata["aliases"]` adds short flags (`-n`); `metadata["positional"]`
 also accepts the value as an optional positional argument (`ldm-generate "a red circle"` or `--prompt ...`).
 
 Exit statuses, the same for every command:
@@ -81,7 +82,10 @@ def build_parser(config_cls: type, *, prog: str | None = None,
         kind = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
-        if f.metadata.get("positional"):
+        if typing.get_origin(hints[f.name]) is tuple:  # repeatable: --lora A --lora B → ("A", "B")
+            parser.add_argument(flag, *f.metadata.get("aliases", ()), dest=f.name, action="append",
+                                type=typing.get_args(hints[f.name])[0], default=None, help=help_text)
+        elif f.metadata.get("positional"):
             parser.add_argument(f.name, nargs="?", type=kind, default=None, help=f"{help_text} (or {flag})")
             parser.add_argument(flag, dest=f.name + _FLAG_SUFFIX, metavar=f.name.upper(), type=kind,
                                 default=None, help=f"{help_text}, as a flag")
@@ -101,6 +105,11 @@ def parse_config(config_cls: type[ConfigT], argv: Sequence[str] | None = None, *
     argparse's own mistakes (unknown flag, bad type or choice) raise SystemExit(2) after its usage message.
     """
     values = vars(build_parser(config_cls, prog=prog).parse_args(argv))
+    for f in dataclasses.fields(config_cls):
+        if isinstance(values.get(f.name), list):  # a repeatable option: a tuple, like its default
+            values[f.name] = tuple(values[f.name])
+        elif values.get(f.name, 0) is None and isinstance(f.default, tuple):
+            values[f.name] = f.default
     for name in [key[: -len(_FLAG_SUFFIX)] for key in values if key.endswith(_FLAG_SUFFIX)]:
         as_flag = values.pop(name + _FLAG_SUFFIX)
         if as_flag is not None:
@@ -163,3 +172,21 @@ def run_command(command: Callable[[ConfigT], object], config_cls: type[ConfigT],
         print("interrupted.", file=sys.stderr)
         return INTERRUPTED_EXIT_STATUS
     return 0
+
+
+def run_subcommands(prog: str, commands: dict[str, tuple[type, Callable]], argv: Sequence[str] | None, *,
+                    description: str) -> int:
+    """`prog COMMAND [options]`: `commands` maps each name to `(config_cls, command)`, run by `run_command`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = ", ".join(commands)
+    if not argv or argv[0] in ("-h", "--help"):
+        stream = sys.stdout if argv else sys.stderr
+        print(f"usage: {prog} {{{names}}} [options]\n\n{description}", file=stream)
+        for name, (config_cls, _) in commands.items():
+            print(f"  {name:10s} {(config_cls.__doc__ or '').strip().splitlines()[0]}", file=stream)
+        return 0 if argv else USER_ERROR
+    name, *rest = argv
+    if name not in commands:
+        return report_user_error(ValueError(f"unknown command {name!r}; choose one of: {names}."))
+    config_cls, command = commands[name]
+    return run_command(command, config_cls, rest, prog=f"{prog} {name}")

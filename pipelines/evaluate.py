@@ -37,6 +37,7 @@ from ldm.eval.reader import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from pipelines.folder import load_pipeline
+from pipelines.lora import LORA_HELP, apply_loras, lora_specs
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
 logger = logging.getLogger("ldm-eval")
@@ -83,10 +84,13 @@ class EvalConfig:
         "help": f"torch-fidelity Inception weights ({INCEPTION_FILE} or its folder) for FID/KID; "
                 "never downloaded"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda, cuda:N"})
+    lora: tuple[str, ...] = field(default=(), metadata={"help": LORA_HELP})
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("--model is required (a pipeline folder).")
+        self.lora = tuple(self.lora or ())
+        lora_specs(self.lora)  # a bad scale or a missing file fails before any work
         self.guidance_weights()  # raises on a bad list
         for name in ("seeds_per_prompt", "prompts_per_split", "steps", "batch_size"):
             if getattr(self, name) < 1:
@@ -325,6 +329,7 @@ def evaluate(config: EvalConfig) -> dict:
     save_config(config, out_dir / "eval_config.json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     pipe = load_pipeline(config.model, device=device)
+    loras = apply_loras(pipe, lora_specs(config.lora))
     set_attention(pipe, "auto", device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -361,7 +366,7 @@ def evaluate(config: EvalConfig) -> dict:
     report = {
         "config": dataclasses.asdict(config), "device": device, "sampling_seconds": round(sampling_s, 2),
         "diversity_metric": "mean pairwise RMS pixel distance in [0, 1] between the images of one prompt",
-        "best": _best_weight(sweep), "sweep": sweep, "vae": vae, "fid_kid": fidelity,
+        "best": _best_weight(sweep), "sweep": sweep, "vae": vae, "fid_kid": fidelity, "loras": loras,
         "prompts": [{"split": p.split, "prompt": p.prompt, "scene": dataclasses.asdict(p.scene)}
                     for p in prompts],
         "diversity_per_prompt": diversities, "samples": samples,

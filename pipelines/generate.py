@@ -29,6 +29,7 @@ from ldm.cli import run_command
 from ldm.grid import make_grid
 from pipelines.edit_inputs import EditInputs, check_edit_options, check_text_to_image_model, read_edit_inputs
 from pipelines.folder import load_pipeline
+from pipelines.lora import LORA_HELP, apply_loras, lora_records, lora_specs
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
@@ -77,6 +78,7 @@ class GenerateConfig:
             "help": "auto (CUDA: bf16 or fp16; CPU: fp32), fp32, bf16 (CPU: autocast), fp16 (CUDA only)"
         },
     )
+    lora: tuple[str, ...] = field(default=(), metadata={"help": LORA_HELP})
     attention: str = field(
         default="auto",
         metadata={"help": "attention kernel: auto (xformers on CUDA when installed, else PyTorch SDPA), sdpa, "
@@ -127,6 +129,8 @@ class GenerateConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
+        self.lora = tuple(self.lora or ())
+        lora_specs(self.lora)  # a bad scale or a missing file fails before any work
         for name in ("height", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
@@ -229,6 +233,7 @@ def prepare_pipeline(config: GenerateConfig, device: torch.device, dtype: torch.
     if weights_dtype == torch.float16:
         pipe.vae.to(torch.float32)  # the SD VAE decoder overflows in fp16; decoding in fp32 is cheap
     logger.info("attention: %s", set_attention(pipe, config.attention, device))
+    apply_loras(pipe, lora_specs(config.lora))
     if config.compile:
         pipe.unet.compile()  # in place, so the pipeline still sees a UNet2DConditionModel
     pipe.set_progress_bar_config(disable=True)  # one bar over all images instead of one per batch
@@ -255,6 +260,7 @@ def manifest_row(job: ImageJob, config: GenerateConfig, edit: EditInputs | None 
         "scheduler": config.scheduler,
         "model": config.model,
         **edit_fields,
+        **({"loras": lora_records(config.lora)} if config.lora else {}),
     }
 
 

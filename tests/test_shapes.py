@@ -225,3 +225,32 @@ def test_all_pairs_adds_the_held_out_pairs_to_train_and_test_only(max_objects):
     for i in range(100):
         assert scene_for_index(i, split="heldout", max_objects=max_objects, all_pairs=True) == \
             scene_for_index(i, split="heldout", max_objects=max_objects)
+
+
+def test_novel_concept_is_opt_in_and_splits_its_pairs():
+    """shapes:novelcolour=1 draws pink only on circle/square in train and only on the other shapes in heldout;
+    novelshape=1 likewise diamonds by colour; both=pink diamonds; without the options nothing changes."""
+    from ldm.data import open_dataset
+    from ldm.data.shapes import NOVEL_COLOUR_SHAPES, NOVEL_SHAPE_COLOURS
+
+    def first_pairs(source, split):
+        data = open_dataset(source, resolution=32, split=split, size=60)
+        return {(data.scene(i).objects[0].colour, data.scene(i).objects[0].shape) for i in range(60)}
+
+    assert first_pairs("shapes:objects=1,novelcolour=1", "train") == {("pink", s) for s in NOVEL_COLOUR_SHAPES}
+    assert first_pairs("shapes:objects=1,novelcolour=1", "heldout") == {("pink", "triangle"), ("pink", "cross")}
+    shape_train = first_pairs("shapes:objects=1,novelshape=1", "train")
+    assert shape_train == {(c, "diamond") for c in NOVEL_SHAPE_COLOURS}
+    assert first_pairs("shapes:objects=1,novelshape=1", "heldout") == {
+        (c, "diamond") for c in ("yellow", "purple", "cyan")}
+    assert first_pairs("shapes:objects=1,novelcolour=1,novelshape=1", "test") == {("pink", "diamond")}
+    plain = open_dataset("shapes:objects=1", resolution=32, size=60)
+    assert all(plain.scene(i) == shapes.scene_for_index(i, max_objects=1) for i in range(60))
+    assert not {o.colour for i in range(60) for o in plain.scene(i).objects} & {"pink"}
+    with pytest.raises(ValueError, match="novelcolour must be 0 or 1"):
+        open_dataset("shapes:novelcolour=2", resolution=32)
+    mixed = open_dataset("shapes:objects=1,novelcolour=1,novelshare=30", resolution=32, size=400)
+    pink = sum(mixed.scene(i).objects[0].colour == "pink" for i in range(400))
+    assert 0.2 < pink / 400 < 0.4  # about 30% new concept, the rest the base's own seen pairs
+    assert all(mixed.scene(i).objects[0].colour == "pink" or (mixed.scene(i).objects[0].colour,
+               mixed.scene(i).objects[0].shape) in shapes.SEEN_PAIRS for i in range(400))

@@ -12,7 +12,8 @@ from . import shapes
 from .transforms import flip, to_tensor
 
 SHAPES_SIZES = {"train": 20_000, "test": 1_000, "heldout": 1_000}  # default lengths: an epoch, not a limit
-BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs"}, "emoji": {"size"}}
+BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs", "novelcolour", "novelshape",
+                              "novelshare"}, "emoji": {"size"}}
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -34,13 +35,17 @@ class ShapesDataset(torch.utils.data.Dataset):
         random_flip: bool = False,
         simple: bool = False,
         all_pairs: bool = False,
+        novel: str = "",
+        novel_share: float = 1.0,
     ):
         if split not in shapes.SPLITS:
             raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(shapes.SPLITS)}.")
         shapes.check_variant(max_objects=max_objects, simple=simple)
         self.resolution, self.split, self.seed = resolution, split, seed
         self.max_objects, self.random_flip, self.simple = max_objects, random_flip, simple
-        self.all_pairs = all_pairs
+        self.all_pairs, self.novel, self.novel_share = all_pairs, novel, novel_share
+        if novel:
+            shapes.novel_pairs(novel, split)  # raises for an unknown kind
         self.size = SHAPES_SIZES[split] if size is None else size
         if self.size < 1:
             raise ValueError(f"shapes size must be at least 1, got {self.size}.")
@@ -57,12 +62,13 @@ class ShapesDataset(torch.utils.data.Dataset):
     def scene(self, index: int) -> shapes.Scene:
         """Ground-truth attributes of item `index`."""
         return shapes.sample_scene(self._rng(index), split=self.split, max_objects=self.max_objects,
-                                   simple=self.simple, all_pairs=self.all_pairs)
+                                   simple=self.simple, all_pairs=self.all_pairs, novel=self.novel,
+                                   novel_share=self.novel_share)
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         scene = shapes.sample_scene(rng, split=self.split, max_objects=self.max_objects, simple=self.simple,
-                                    all_pairs=self.all_pairs)
+                                    all_pairs=self.all_pairs, novel=self.novel, novel_share=self.novel_share)
         caption = shapes.caption_scene(scene, rng)
         image = shapes.render_scene(scene, self.resolution)
         if self.random_flip and random.random() < 0.5:
@@ -116,6 +122,12 @@ def _open_path(path: str, *, split: str, caption_column: str, caption_ext: str, 
     return sources.ImageCaptionDataset(records, skipped, name=path, **options)
 
 
+def _percent(value: int, name: str) -> float:
+    if not 1 <= value <= 100:
+        raise ValueError(f"shapes {name} is a percentage from 1 to 100, got {value}.")
+    return value / 100
+
+
 def open_dataset(
     source: str | Path,
     *,
@@ -131,8 +143,8 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
-    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1]", "emoji[:size=N]", a folder (sidecar captions or
-    metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
+    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1,novelshare=P]",
+    "emoji[:size=N]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources.
     buckets: an `ldm.data.buckets.BucketSpec`: images of folders, tar shards and HF datasets are resized to the
@@ -146,7 +158,9 @@ def open_dataset(
     name, builtin = parse_source(str(source))
     if name == "shapes":
         simple, all_pairs = builtin.get("simple", 0), builtin.get("allpairs", 0)
-        for key, value in (("simple", simple), ("allpairs", all_pairs)):
+        novel_colour, novel_shape = builtin.get("novelcolour", 0), builtin.get("novelshape", 0)
+        for key, value in (("simple", simple), ("allpairs", all_pairs), ("novelcolour", novel_colour),
+                           ("novelshape", novel_shape)):
             if value not in (0, 1):
                 raise ValueError(f"shapes {key} must be 0 or 1, got {value}.")
         return ShapesDataset(
@@ -158,6 +172,8 @@ def open_dataset(
             random_flip=random_flip,
             simple=bool(simple),
             all_pairs=bool(all_pairs),
+            novel=shapes.NOVEL_KINDS[novel_colour + 2 * novel_shape],  # "", colour, shape, both
+            novel_share=_percent(builtin.get("novelshare", 100), "novelshare"),
         )
     if name == "emoji":
         from .emoji import EmojiDataset

@@ -62,6 +62,15 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "cross")}
 )
+# A concept the default data never draws, opt-in (`shapes:novelcolour=1`, `novelshape=1`), for teaching a trained
+# model something new (LoRA): a colour ≥ 130 RGB units from every colour and background above, and a shape.
+NOVEL_COLOURS: dict[str, tuple[int, int, int]] = {"pink": (255, 110, 180)}
+NOVEL_SHAPES: tuple[str, ...] = ("diamond",)
+NOVEL_COLOUR_SHAPES = ("circle", "square")  # train/test draw pink only on these; heldout on the other shapes
+NOVEL_SHAPE_COLOURS = ("red", "green", "blue")  # train/test draw diamonds only in these; heldout in the others
+NOVEL_KINDS = ("", "colour", "shape", "both")
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **NOVEL_COLOURS}  # what the reader can name
+ALL_SHAPES: tuple[str, ...] = SHAPES + NOVEL_SHAPES
 SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}
 DEFAULT_MAX_OBJECTS = 3  # the issue asks for one to three objects; "shapes:objects=1" gives single objects
 CROSS_BAR = 1 / 3  # bar thickness of the cross, as a fraction of its box
@@ -139,7 +148,7 @@ def _boxes_disjoint(objects: list[ShapeObject]) -> bool:
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, side: int) -> None:
     x0, y0, x1, y1 = object_box(obj, side)
-    fill = COLOURS[obj.colour]
+    fill = ALL_COLOURS[obj.colour]
     if obj.shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif obj.shape == "square":
@@ -151,6 +160,9 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, side: int) -> None
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         draw.rectangle((cx - bar, y0, cx + bar, y1), fill=fill)
         draw.rectangle((x0, cy - bar, x1, cy + bar), fill=fill)
+    elif obj.shape == "diamond":  # the box's inscribed square turned 45°: corners at its edge midpoints
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
     else:
         raise ValueError(f"Unknown shape {obj.shape!r}; expected one of {', '.join(SHAPES)}.")
 
@@ -167,8 +179,25 @@ def render_scene(scene: Scene, resolution: int) -> Image.Image:
     return image.reduce(SUPERSAMPLE)  # box-filter average of each SUPERSAMPLE x SUPERSAMPLE block
 
 
-def _pair(rng: np.random.Generator, split: str, all_pairs: bool = False) -> tuple[str, str]:
-    if split == "heldout":
+def novel_pairs(novel: str, split: str) -> tuple[tuple[str, str], ...]:
+    """The colour–shape pairs a `novel` draw uses in `split`: "colour" → pink on NOVEL_COLOUR_SHAPES (train,
+    test) or on the other shapes (heldout); "shape" → diamonds in NOVEL_SHAPE_COLOURS or the other colours;
+    "both" → pink diamonds in every split."""
+    if novel == "both":
+        return (("pink", "diamond"),)
+    if novel == "colour":
+        shapes = [s for s in SHAPES if (s in NOVEL_COLOUR_SHAPES) != (split == "heldout")]
+        return tuple(("pink", s) for s in shapes)
+    if novel == "shape":
+        colours = [c for c in COLOURS if (c in NOVEL_SHAPE_COLOURS) != (split == "heldout")]
+        return tuple((c, "diamond") for c in colours)
+    raise ValueError(f"novel must be one of {', '.join(map(repr, NOVEL_KINDS))}, got {novel!r}.")
+
+
+def _pair(rng: np.random.Generator, split: str, all_pairs: bool = False, novel: str = "") -> tuple[str, str]:
+    if novel:
+        pairs = novel_pairs(novel, split)
+    elif split == "heldout":
         pairs = sorted(HELD_OUT)
     else:
         pairs = ALL_PAIRS if all_pairs else SEEN_PAIRS
@@ -194,27 +223,31 @@ def check_variant(*, max_objects: int, simple: bool) -> None:
 
 def sample_scene(
     rng: np.random.Generator, *, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False, all_pairs: bool = False,
+    simple: bool = False, all_pairs: bool = False, novel: str = "", novel_share: float = 1.0,
 ) -> Scene:
     """Draw one scene for `split` with 1..max_objects objects (max_objects in 1..3).
 
     Multi-object scenes are either repeats ("two blue squares": same colour, shape and size) or distinct
     colour–shape pairs at distinct positions; in "heldout" the first object is a held-out pair and the
     others are seen pairs, in "train"/"test" all are seen pairs (any pair with `all_pairs`). `simple`
-    (max_objects must be 1): one large object in the centre.
+    (max_objects must be 1): one large object in the centre. `novel` ("colour", "shape", "both"): the first
+    object's pair comes from `novel_pairs(novel, split)` instead, in a `novel_share` of the scenes (the others
+    are ordinary scenes of `split`: prior-preservation data that keeps what the model knew).
     """
+    if novel and novel_share < 1.0 and rng.random() >= novel_share:  # drawn only then: streams stay as they were
+        novel = ""
     if split not in SPLITS:
         raise ValueError(f"Unknown shapes split {split!r}; expected one of {', '.join(SPLITS)}.")
     check_variant(max_objects=max_objects, simple=simple)
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     if simple:
-        colour, shape = _pair(rng, split, all_pairs)
+        colour, shape = _pair(rng, split, all_pairs, novel)
         return Scene(objects=(ShapeObject(shape, colour, "large", "centre"),), background=background, simple=True)
     n = int(rng.integers(1, max_objects + 1))
     # Three large objects never fit without overlap, so three objects are always small.
     size = "small" if n == 3 else list(SIZES)[rng.integers(len(SIZES))]
     positions = _positions(rng, n, size)
-    colour, shape = _pair(rng, split, all_pairs)
+    colour, shape = _pair(rng, split, all_pairs, novel)
     if n == 1 or rng.random() < 0.5:
         objects = [ShapeObject(shape, colour, size, p) for p in positions]
     else:
@@ -229,12 +262,13 @@ def sample_scene(
 
 def scene_for_index(
     index: int, *, seed: int = 0, split: str = "train", max_objects: int = DEFAULT_MAX_OBJECTS,
-    simple: bool = False, all_pairs: bool = False,
+    simple: bool = False, all_pairs: bool = False, novel: str = "", novel_share: float = 1.0,
 ) -> Scene:
     """The scene at `index` of a split: a pure function of (seed, split, index, max_objects, simple,
-    all_pairs)."""
+    all_pairs, novel, novel_share)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return sample_scene(rng, split=split, max_objects=max_objects, simple=simple, all_pairs=all_pairs)
+    return sample_scene(rng, split=split, max_objects=max_objects, simple=simple, all_pairs=all_pairs,
+                        novel=novel, novel_share=novel_share)
 
 
 def _plural(shape: str) -> str:

@@ -17,9 +17,11 @@ import itertools
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ldm.data.shapes import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, object_box,
-                             render_scene)
+from ldm.data.shapes import (ALL_COLOURS, ALL_SHAPES, BACKGROUNDS, POSITIONS, SIZES, Scene, ShapeObject,
+                             object_box, render_scene)
 
+# The reader names every colour and shape the renderer can draw, the opt-in novel ones (pink, diamond) too.
+COLOURS, SHAPES = ALL_COLOURS, ALL_SHAPES
 PALETTE_NAMES = tuple(COLOURS)
 PALETTE = np.array([COLOURS[name] for name in PALETTE_NAMES], dtype=np.float64)  # (K, 3)
 # Same-coloured neighbours at 32 px touch through edge pixels of alpha 0.75; a higher bar keeps them apart.
