@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="training steps per memory run")
     parser.add_argument("--encode-size", type=int, default=2000, help="images for the 1 vs 2 process encode")
     parser.add_argument("--timed-steps", type=int, default=30, help="steps per cache in the step-time test")
+    parser.add_argument("--skip-memory", action="store_true",
+                        help="reuse the training runs already in --work (only encode rates, disk and step times)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         build_vae(preset="cpu-f4").save_pretrained(vae)
     print(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} resolution=32 latents=8x8x4 batch={BATCH}",
           flush=True)
-    rows = memory_rows(args, vae)
+    rows = [] if args.skip_memory else memory_rows(args, vae)
     largest = args.work / f"on-disk-{max(args.sizes)}"
     print(f"disk: {disk_bytes_per_image(largest / TRAINING_CACHE_DIR):.0f} bytes per image (float16 mean and std, "
           f"caption, index)", flush=True)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(posterior and captions): on-disk {1000 * times['on-disk read']:.2f} ms, in-memory "
           f"{1000 * times['in-memory read']:.2f} ms")
     small, large = min(args.sizes), max(args.sizes)
-    for name in ("on-disk", "in-memory"):
+    for name in ("on-disk", "in-memory") if rows else ():
         peak = {row["size"]: row["peak_mb"] for row in rows if row["cache"] == name}
         print(f"{name:9s}: peak RSS {peak[small]:.0f} MB at {small} -> {peak[large]:.0f} MB at {large} images "
               f"({1024 * (peak[large] - peak[small]) / (large - small):.2f} KB more per image)")

@@ -136,3 +136,12 @@ def test_openai_bpe_missing_file_is_one_line_error(tmp_path):
     (tmp_path / "plain.gz").write_text("not gzip")
     with pytest.raises(ValueError, match="gzip"):
         clip_tokenizer_from_openai_bpe(tmp_path / "plain.gz", out_dir=tmp_path / "t")
+
+
+def test_captions_stream_once_through_a_generator(tmp_path):
+    """A one-shot generator (a latent cache's captions) learns the vocabulary a list of the same captions does."""
+    captions = ["a red circle", "a blue square", "a red circle on the left", "two green crosses"] * 3
+    from_list = train_clip_tokenizer(captions, out_dir=tmp_path / "list", vocab_size=560)
+    from_stream = train_clip_tokenizer((c for c in captions), out_dir=tmp_path / "stream", vocab_size=560)
+    assert from_stream.get_vocab() == from_list.get_vocab() and len(from_list) > 2 * 256 + 2
+    assert (tmp_path / "list" / "merges.txt").read_text() == (tmp_path / "stream" / "merges.txt").read_text()
