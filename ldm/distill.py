@@ -196,7 +196,8 @@ def distillation_loss(*, student, target, teacher, latents: torch.Tensor, noise:
     device = latents.device
     alpha_bar = _per_example(alphas_cumprod[timesteps], latents)
     noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-    w_cond = guidance_embedding(w.cpu(), dim=student.config.time_cond_proj_dim).to(device, latents.dtype)
+    # The target's config: the student may come wrapped (DDP) without one.
+    w_cond = guidance_embedding(w.cpu(), dim=target.config.time_cond_proj_dim).to(device, latents.dtype)
     common = {"alphas_cumprod": alphas_cumprod, "prediction_type": prediction_type}
 
     output = student(noisy, timesteps.to(device), encoder_hidden_states=prompt_embeds, timestep_cond=w_cond).sample

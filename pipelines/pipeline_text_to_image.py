@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.conditioning import encode_prompt, null_prompt_embeds
+from ldm.distill import timestep_condition, uses_guidance_embedding
 from ldm.guidance import apply_guidance, cfg_batch, do_guidance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -167,7 +168,8 @@ class TextToImagePipeline(DiffusionPipeline):
         width = self.default_size if width is None else width
         self.check_inputs(prompts, negative_prompts, height, width, num_inference_steps, guidance_scale,
                           num_images_per_prompt, output_type)
-        guidance = do_guidance(guidance_scale)
+        # A guidance-distilled U-Net takes w as an input (timestep_cond) instead of an ε(x) branch, as in stock.
+        guidance = do_guidance(guidance_scale) and not uses_guidance_embedding(self.unet)
 
         # 2. Encode prompt: [uncond, cond] when guiding
         prompt_embeds = self.encode(prompts, negative_prompts, num_images_per_prompt, guidance)
@@ -180,8 +182,10 @@ class TextToImagePipeline(DiffusionPipeline):
         batch_size = len(prompts) * num_images_per_prompt
         latents = self.prepare_latents(batch_size, height, width, generator, latents)
 
-        # 5. Denoising loop
-        latents = self.denoise(latents, prompt_embeds, guidance_scale, generator, callback)
+        # 5. Denoising loop (the w embedding for a guidance-distilled U-Net, else None)
+        timestep_cond = timestep_condition(self.unet, guidance_scale, batch_size, device=self.device,
+                                           dtype=latents.dtype)
+        latents = self.denoise(latents, prompt_embeds, guidance_scale, generator, callback, timestep_cond)
 
         # 6. Decode
         images = self.decode(latents, output_type)
@@ -189,17 +193,20 @@ class TextToImagePipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     def denoise(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, guidance_scale: float, generator,
-                callback) -> torch.Tensor:
+                callback, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
         """Run the scheduler's timesteps: one batched U-Net call per step on `[uncond, cond]` when guiding.
 
-        latents `(B, C, h, w)`; prompt_embeds `(2B, L, D)` when guiding, else `(B, L, D)`.
+        latents `(B, C, h, w)`; prompt_embeds `(2B, L, D)` when guiding, else `(B, L, D)`; timestep_cond
+        `(B, d)`: the w embedding of a guidance-distilled U-Net (`ldm.distill.timestep_condition`), which then
+        runs once per step without the `[uncond, cond]` batch.
         """
-        guidance = do_guidance(guidance_scale)
+        guidance = do_guidance(guidance_scale) and timestep_cond is None
         step_kwargs = {"generator": generator} if self._step_takes_generator() else {}
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             latent_model_input = cfg_batch(latents, latents) if guidance else latents
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-            noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds).sample
+            noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds,
+                                   timestep_cond=timestep_cond).sample
             if guidance:
                 noise_pred = apply_guidance(noise_pred, guidance_scale)
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
