@@ -1,6 +1,8 @@
 """distill_ldm.py end to end on a tiny teacher folder: exact resume, stock diffusers samples the student,
 errors, Ctrl-C."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +139,20 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resumes(teacher, tmp_path):
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step}"
     assert distill_ldm.main([*argv, "--max-steps", str(step + 1), "--resume", "latest"]) == 0
     assert (out / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):
+    """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              str(REPO / "distill_ldm.py")]
+    two = _args(teacher, tmp_path / "two", "--max-steps", "3", "--checkpoint-every", "0")
+    two[two.index("--batch-size") + 1] = "2"
+    result = subprocess.run(launch + two, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert distill_ldm.main(_args(teacher, tmp_path / "one", "--max-steps", "3", "--checkpoint-every", "0")) == 0
+    one, two_w = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("one", "two"))
+    for key in one:
+        torch.testing.assert_close(two_w[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
