@@ -164,7 +164,8 @@ def test_distillation_loss_against_stock_schedulers(prediction_type):
     teacher = tiny_unet()
     student, target = make_student(teacher, time_cond_proj_dim=16), make_student(teacher, time_cond_proj_dim=16)
     torch.nn.init.normal_(student.time_embedding.cond_proj.weight, std=0.05)
-    update_target(target, make_student(tiny_unet(seed=4), time_cond_proj_dim=16), decay=0.5)  # target ≠ student, as after some training
+    # target ≠ student, as after some training
+    update_target(target, make_student(tiny_unet(seed=4), time_cond_proj_dim=16), decay=0.5)
     noise_scheduler = make_noise_scheduler(prediction_type=prediction_type)
     grid = skipping_timesteps(num_train_timesteps=1000, num_solver_steps=50)
     generator = torch.Generator().manual_seed(5)
