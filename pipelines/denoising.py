@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ldm.conditioning import encode_prompt, null_prompt_embeds
+from ldm.distill import timestep_condition, uses_guidance_embedding
 from ldm.guidance import apply_guidance, cfg_batch, do_guidance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -125,10 +126,14 @@ class DenoisingPipeline(DiffusionPipeline):
             uncond = uncond.repeat_interleave(num_images_per_prompt, dim=0)
         return cfg_batch(uncond, prompt_embeds)
 
+    def guides(self, guidance_scale: float) -> bool:
+        """Whether sampling runs the `[uncond, cond]` batch: guidance on, and a U-Net that does not take w as an
+        input (a guidance-distilled one gets it through `timestep_cond` instead, as in stock diffusers)."""
+        return do_guidance(guidance_scale) and not uses_guidance_embedding(self.unet)
+
     def encode_prompt_embeds(self, prompts, negative_prompts, num_images_per_prompt, guidance_scale):
         """`encode` on the pipeline's device, in the U-Net's dtype."""
-        guidance = do_guidance(guidance_scale)
-        prompt_embeds = self.encode(prompts, negative_prompts, num_images_per_prompt, guidance)
+        prompt_embeds = self.encode(prompts, negative_prompts, num_images_per_prompt, self.guides(guidance_scale))
         return prompt_embeds.to(device=self.device, dtype=self.unet.dtype)
 
     def check_generators(self, generator, batch_size: int) -> None:
@@ -229,9 +234,12 @@ class DenoisingPipeline(DiffusionPipeline):
         latents `(B, C, h, w)`; prompt_embeds `(2B, L, D)` when guiding, else `(B, L, D)`.
         extra_channels `(B, k, h, w)`: concatenated to the scaled model input (SD-inpainting's mask and
         masked-image latents). after_step(i, t, latents) -> latents runs after each scheduler step, before
-        callback(first_callback_step + n, t, latents) for the n-th step of this call.
+        callback(first_callback_step + n, t, latents) for the n-th step of this call. A guidance-distilled U-Net
+        gets w as `timestep_cond` (`ldm.distill.timestep_condition`) and runs once per step, without `[uncond, cond]`.
         """
-        guidance = do_guidance(guidance_scale)
+        guidance = self.guides(guidance_scale)
+        timestep_cond = timestep_condition(self.unet, guidance_scale, latents.shape[0], device=latents.device,
+                                           dtype=latents.dtype)
         timesteps = self.scheduler.timesteps
         indices = range(len(timesteps)) if indices is None else indices
         if extra_channels is not None and guidance:
@@ -243,7 +251,8 @@ class DenoisingPipeline(DiffusionPipeline):
             latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
             if extra_channels is not None:
                 latent_model_input = torch.cat([latent_model_input, extra_channels], dim=1)
-            noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds).sample
+            noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds,
+                                   timestep_cond=timestep_cond).sample
             if guidance:
                 noise_pred = apply_guidance(noise_pred, guidance_scale)
             latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]

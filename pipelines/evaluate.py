@@ -36,6 +36,7 @@ from ldm.eval.plot import plot_guidance_sweep
 from ldm.eval.reader import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
+from pipelines.few_step import SamplingDefaults, resolve_sampling
 from pipelines.folder import load_pipeline
 from pipelines.lora import LORA_HELP, apply_loras, lora_specs
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
@@ -46,6 +47,7 @@ EVAL_SPLITS = {"seen": "test", "held_out": "heldout"}  # our split name → shap
 GRID_SEEDS = 4  # images per prompt shown in each grid_w*.png (all are saved under samples/)
 GRID_CELL = 128  # grid tiles are enlarged (nearest neighbour) to about this side, so captions fit under them
 VAE_BATCH = 32
+EVAL_STEPS = 20  # sampler steps for a folder without few-step defaults (pipelines.few_step)
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file name torch-fidelity downloads
 
 
@@ -67,14 +69,15 @@ class EvalConfig:
     simple: bool = field(default=False, metadata={
         "help": "prompts of the simple variant (one large centred object, colour and shape only), for a model "
                 "trained on shapes:simple=1; implies --objects 1"})
-    steps: int = field(default=20, metadata={"help": "sampler steps per image"})
+    steps: int | None = field(default=None, metadata={
+        "help": f"sampler steps per image (default: the model folder's few-step default, else {EVAL_STEPS})"})
     # The quickstart's model on 2 cores, dpm++ 20 steps, guidance on: one prompt's 4 seeds per call took 97 ms an
     # image, 4 prompts (16 images) 42 ms, 16 prompts (64) 37 ms; small batches pay per-call and per-step overhead.
     batch_size: int = field(default=64, metadata={
         "help": "images per pipeline call: whole prompts (all their seeds) are sampled together up to this many; "
                 "an image depends only on its prompt and seed, not on the batch it ran in"})
-    scheduler: str = field(default=DEFAULT_SCHEDULER,
-                           metadata={"help": "sampler", "choices": list(SCHEDULERS)})
+    scheduler: str | None = field(default=None, metadata={
+        "help": f"sampler (default: the model folder's, else {DEFAULT_SCHEDULER})", "choices": list(SCHEDULERS)})
     resolution: int = field(default=32, metadata={"help": "image side in pixels"})
     seed: int = field(default=0, metadata={"help": "picks the prompt scenes and the sampling seeds"})
     vae_data: str = field(default="shapes", metadata={
@@ -93,7 +96,7 @@ class EvalConfig:
         lora_specs(self.lora)  # a bad scale or a missing file fails before any work
         self.guidance_weights()  # raises on a bad list
         for name in ("seeds_per_prompt", "prompts_per_split", "steps", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if not 1 <= self.objects <= 3:
             raise ValueError(f"--objects must be 1, 2 or 3, got {self.objects}.")
@@ -103,7 +106,7 @@ class EvalConfig:
             raise ValueError(f"--resolution must be at least 16 pixels, got {self.resolution}.")
         if self.vae_samples < 0:
             raise ValueError(f"--vae-samples must be >= 0, got {self.vae_samples}.")
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
 
     def guidance_weights(self) -> list[float]:
@@ -326,6 +329,9 @@ def evaluate(config: EvalConfig) -> dict:
     """Run the whole evaluation and write EVALDIR; returns the eval.json content."""
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = resolve_sampling(config.model, given=SamplingDefaults(config.scheduler, config.steps),
+                              usual=SamplingDefaults(DEFAULT_SCHEDULER, EVAL_STEPS))
+    config = dataclasses.replace(config, scheduler=chosen.scheduler, steps=chosen.num_inference_steps)
     save_config(config, out_dir / "eval_config.json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     pipe = load_pipeline(config.model, device=device)

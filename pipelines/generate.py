@@ -28,6 +28,7 @@ from ldm.attention import check_attention, set_attention
 from ldm.cli import run_command
 from ldm.grid import make_grid
 from pipelines.edit_inputs import EditInputs, check_edit_options, check_text_to_image_model, read_edit_inputs
+from pipelines.few_step import SamplingDefaults, resolve_sampling
 from pipelines.folder import load_pipeline
 from pipelines.lora import LORA_HELP, apply_loras, lora_records, lora_specs
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
@@ -47,15 +48,19 @@ class GenerateConfig:
     model: str = field(default="", metadata={"help": "pipeline folder (ours or any diffusers SD-1.x/2.x)"})
     out: str = field(default="samples", metadata={"help": "output folder for PNGs, grid.png, manifest.jsonl"})
     num_images: int = field(default=4, metadata={"help": "images per prompt", "aliases": ["-n"]})
-    steps: int = field(default=25, metadata={"help": "number of sampler steps"})
-    guidance_scale: float = field(
-        default=DEFAULT_GUIDANCE_SCALE,
-        metadata={"help": "classifier-free guidance scale w+1; <= 1 turns guidance off"},
+    # steps, guidance_scale, scheduler: None = the folder's few_step.json (a distilled model), else USUAL.
+    steps: int | None = field(default=None, metadata={"help": "number of sampler steps (default: the model "
+                                                                "folder's, else 25)"})
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": f"classifier-free guidance scale w+1; <= 1 turns guidance off (default: the model "
+                          f"folder's, else {DEFAULT_GUIDANCE_SCALE:g})"},
     )
     seed: int = field(
         default=0, metadata={"help": "base seed; image seeds derive from (seed, prompt, image)"}
     )
-    scheduler: str = field(default=DEFAULT_SCHEDULER, metadata={"help": f"sampler: {', '.join(SCHEDULERS)}"})
+    scheduler: str | None = field(default=None, metadata={
+        "help": f"sampler: {', '.join(SCHEDULERS)} (default: the model folder's, else {DEFAULT_SCHEDULER})"})
     negative_prompt: str | None = field(
         default=None, metadata={"help": "replaces the empty prompt in guidance"}
     )
@@ -120,11 +125,11 @@ class GenerateConfig:
         if not self.model:
             raise ValueError("--model is required (a pipeline folder).")
         for name in ("num_images", "steps", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
-        if self.guidance_scale < 0:
+        if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"--guidance-scale must be >= 0, got {self.guidance_scale}.")
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}.")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
@@ -308,6 +313,17 @@ def check_writable(out_dir: Path, rank: int) -> None:
         raise ValueError(f"cannot write to output folder {out_dir}: {error.strerror or error}.") from None
 
 
+USUAL = SamplingDefaults(DEFAULT_SCHEDULER, 25, DEFAULT_GUIDANCE_SCALE)  # for a folder without its own
+
+
+def with_sampling_defaults(config: GenerateConfig) -> GenerateConfig:
+    """`config` with steps, guidance_scale and scheduler filled in: given, else the folder's, else USUAL."""
+    given = SamplingDefaults(config.scheduler, config.steps, config.guidance_scale)
+    chosen = resolve_sampling(config.model, given=given, usual=USUAL)
+    return dataclasses.replace(config, scheduler=chosen.scheduler, steps=chosen.num_inference_steps,
+                               guidance_scale=chosen.guidance_scale)
+
+
 def generate(config: GenerateConfig) -> list[ImageJob]:
     """Run the whole command; under `accelerate launch` each process takes a share of the batches."""
     from accelerate import PartialState
@@ -315,6 +331,7 @@ def generate(config: GenerateConfig) -> list[ImageJob]:
 
     # cpu=True without CUDA makes a torchrun-style launch a gloo process group (accelerate's MULTI_CPU).
     state = PartialState(cpu=not torch.cuda.is_available())
+    config = with_sampling_defaults(config)
     out_dir = Path(config.out)
     jobs = make_jobs(read_prompts(config), seed=config.seed, num_images=config.num_images)
     check_writable(out_dir, state.process_index)  # every process, so none waits for one that failed

@@ -89,7 +89,7 @@ class TextToImagePipeline(DenoisingPipeline):
         batch_size = len(prompts) * num_images_per_prompt
         latents = self.prepare_latents(batch_size, height, width, generator, latents)
 
-        # 5. Denoising loop
+        # 5. Denoising loop (a guidance-distilled U-Net gets w as timestep_cond instead of [uncond, cond])
         latents = self.denoise(latents, prompt_embeds, guidance_scale, generator, callback)
 
         # 6. Decode

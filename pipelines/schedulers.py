@@ -12,6 +12,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -31,6 +32,8 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "euler-a": (EulerAncestralDiscreteScheduler, {}),
     # Zhao et al. 2023, predictor-corrector
     "unipc": (UniPCMultistepScheduler, {}),
+    # Luo et al. 2023: the consistency sampler for a distilled student (distill_ldm.py), 1-8 steps
+    "lcm": (LCMScheduler, {}),
 }
 
 

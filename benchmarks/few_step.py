@@ -1,0 +1,184 @@
+"""Few-step sampling side by side: the teacher and its distilled student, adherence against U-Net evaluations.
+
+    python benchmarks/few_step.py --teacher runs/quickstart/stage2 --student runs/distill/student \
+        --out runs/distill/few_step [--distill-steps 300]
+
+In one run, on the same prompts and seeds (`ldm-eval`'s stratified shapes prompts, seen and held-out), it
+measures held-out and seen adherence and images/s for
+- stock `StableDiffusionPipeline` with the teacher, 25 dpm++ steps, guidance at the teacher's best w (2 U-Net
+  evaluations a step);
+- the teacher in our pipeline with dpm++ (our best few-step solver) at 4, 8 and 12 steps, same w;
+- the student (LCM) at 1, 2, 4 and 8 steps, one evaluation a step, at the same w and, at 4 steps, at each
+  `--student-weights` w (its own best may differ).
+If `--student` holds no pipeline yet, it is distilled first (`distill_ldm.py`) and the wall time recorded in
+`STUDENT/distill_wall_time.json`. Images/s counts only the pipeline calls (batched as ldm-eval batches them, so
+text encoding and VAE decoding are in it; reading the images back is not). Prints a table, writes
+`OUT/few_step.json` and `OUT/adherence_vs_evaluations.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from diffusers import StableDiffusionPipeline  # noqa: E402
+
+import distill_ldm  # noqa: E402
+from pipelines.evaluate import EvalConfig, build_prompt_set, run_sweep  # noqa: E402
+from pipelines.folder import load_pipeline  # noqa: E402
+from pipelines.schedulers import make_scheduler  # noqa: E402
+
+STOCK_STEPS = 25
+TEACHER_STEPS = (4, 8, 12)
+STUDENT_STEPS = (1, 2, 4, 8)
+WALL_TIME_FILE = "distill_wall_time.json"
+
+
+class TimedPipe:
+    """A pipeline whose calls are timed and counted (images), so images/s leaves out reading them back."""
+
+    def __init__(self, pipe):
+        self.pipe, self.seconds, self.images = pipe, 0.0, 0
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        result = self.pipe(*args, **kwargs)
+        self.seconds += time.perf_counter() - started
+        self.images += len(result.images)
+        return result
+
+
+def measure(name: str, pipe, *, prompts, w: float, steps: int, evaluations: int, args, out: Path) -> dict:
+    """Adherence per split and images/s of `pipe` at guidance weight `w` and `steps` steps."""
+    config = EvalConfig(model="-", weights=f"{w:g}", steps=steps, seeds_per_prompt=args.seeds_per_prompt,
+                        prompts_per_split=args.prompts_per_split, objects=1, resolution=32, seed=0)
+    pipe(prompts[0].prompt, num_inference_steps=steps, guidance_scale=w + 1, output_type="latent")  # warm-up
+    timed = TimedPipe(pipe)
+    samples, _ = run_sweep(timed, prompts, config, out / name)
+    rates = {split: float(np.mean([s["adherent"] for s in samples if s["split"] == split]))
+             for split in ("held_out", "seen")}
+    # Each stated attribute read back right, over both splits: still informative where a weak teacher gets few
+    # images entirely right.
+    attributes = {key: float(np.mean([s["attributes"][key] for s in samples if key in s["attributes"]]))
+                  for key in sorted({key for s in samples for key in s["attributes"]})}
+    row = {"setting": name, "w": w, "steps": steps, "unet_evaluations": evaluations, **rates,
+           "attributes": attributes, "images": timed.images, "images_per_s": timed.images / timed.seconds}
+    print(f"{name:<28} w={w:<4g} evals={evaluations:<3d} held-out {rates['held_out']:6.1%}  seen "
+          f"{rates['seen']:6.1%}  {row['images_per_s']:7.1f} images/s  "
+          + " ".join(f"{key} {value:.0%}" for key, value in attributes.items()), flush=True)
+    return row
+
+
+def distil_if_needed(args) -> float:
+    """The distillation's wall time in seconds: run now, or read from the student's folder."""
+    record = Path(args.student) / WALL_TIME_FILE
+    if not (Path(args.student) / "model_index.json").is_file():
+        started = time.perf_counter()
+        argv = ["--teacher", args.teacher, "--output-dir", args.student, "--max-steps", str(args.distill_steps),
+                *args.distill_args.split()]
+        if distill_ldm.main(argv) != 0:
+            raise SystemExit("the distillation failed")
+        record.write_text(json.dumps({"seconds": time.perf_counter() - started, "argv": argv}) + "\n")
+    return json.loads(record.read_text())["seconds"]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Adherence (left) and the rate of each stated attribute read back right (right, mean over attributes)
+    against U-Net evaluations per image (log axis): teacher with dpm++, student with LCM, stock as a star."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    w = rows[0]["w"]
+    series = {"teacher, ours (dpm++)": "teacher dpm++", "student (LCM)": "student lcm"}
+    values = {"held-out": lambda r: r["held_out"], "seen": lambda r: r["seen"],
+              "attributes": lambda r: float(np.mean(list(r["attributes"].values())))}
+    for label, prefix in series.items():
+        points = sorted((r for r in rows if r["setting"].startswith(prefix) and "(" not in r["setting"]),
+                        key=lambda r: r["unet_evaluations"])
+        xs = [r["unet_evaluations"] for r in points]
+        left.plot(xs, [values["held-out"](r) for r in points], "-o", label=f"{label}, held-out")
+        left.plot(xs, [values["seen"](r) for r in points], "--s", label=f"{label}, seen")
+        right.plot(xs, [values["attributes"](r) for r in points], "-o", label=label)
+    stock = rows[0]
+    left.plot([stock["unet_evaluations"]], [stock["held_out"]], "*", markersize=12, color="black",
+              label="stock, 25 steps, held-out")
+    right.plot([stock["unet_evaluations"]], [values["attributes"](stock)], "*", markersize=12, color="black",
+               label="stock, 25 steps")
+    for ax, title in ((left, "prompt adherence (every attribute right)"),
+                      (right, "attributes read back right (mean over attributes)")):
+        ax.set(xscale="log", xlabel="U-Net evaluations per image", ylim=(-0.03, 1.03), title=f"{title}, w = {w:g}")
+        ax.set_xticks([1, 2, 4, 8, 16, 24, 50], ["1", "2", "4", "8", "16", "24", "50"])
+        ax.grid(True, color="#e1e1e1")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.title.set_fontsize(10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", required=True)
+    parser.add_argument("--out", default="runs/distill/few_step")
+    parser.add_argument("--w", type=float, default=None, help="guidance weight (default: the teacher's best, "
+                                                              "from TEACHER/../eval/eval.json)")
+    parser.add_argument("--student-weights", default="0,1,2,4", help="extra w values for the student at 4 steps")
+    parser.add_argument("--prompts-per-split", type=int, default=48)
+    parser.add_argument("--seeds-per-prompt", type=int, default=4)
+    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-args", default="", help="more ldm-distill flags when distilling here")
+    parser.add_argument("--replot", action="store_true", help="only redraw the figure from OUT/few_step.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    if args.replot:
+        plot(json.loads((out / "few_step.json").read_text())["rows"], out / "adherence_vs_evaluations.png")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    distill_seconds = distil_if_needed(args)
+    eval_json = Path(args.teacher).parent / "eval" / "eval.json"
+    w = args.w if args.w is not None else json.loads(eval_json.read_text())["best"]["w"]
+    prompts = build_prompt_set(prompts_per_split=args.prompts_per_split, max_objects=1, seed=0)
+    print(f"{len(prompts)} prompts x {args.seeds_per_prompt} seeds, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; distillation took {distill_seconds / 60:.1f} min", flush=True)
+
+    stock = StableDiffusionPipeline.from_pretrained(args.teacher, local_files_only=True)
+    stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
+    stock.set_progress_bar_config(disable=True)
+    rows = [measure("stock dpm++ 25", stock, prompts=prompts, w=w, steps=STOCK_STEPS,
+                    evaluations=2 * STOCK_STEPS if w > 0 else STOCK_STEPS, args=args, out=out)]
+    teacher = load_pipeline(args.teacher)
+    teacher.scheduler = make_scheduler("dpm++", teacher.scheduler.config)
+    teacher.set_progress_bar_config(disable=True)
+    for steps in TEACHER_STEPS:
+        rows.append(measure(f"teacher dpm++ {steps}", teacher, prompts=prompts, w=w, steps=steps,
+                            evaluations=2 * steps if w > 0 else steps, args=args, out=out))
+    student = load_pipeline(args.student)
+    student.set_progress_bar_config(disable=True)
+    for steps in STUDENT_STEPS:
+        rows.append(measure(f"student lcm {steps}", student, prompts=prompts, w=w, steps=steps,
+                            evaluations=steps, args=args, out=out))
+    for extra_w in (float(v) for v in args.student_weights.split(",") if v.strip()):
+        if extra_w != w:
+            rows.append(measure(f"student lcm 4 (w={extra_w:g})", student, prompts=prompts, w=extra_w, steps=4,
+                                evaluations=4, args=args, out=out))
+
+    speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
+    print("images/s relative to stock 25 steps: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
+    plot(rows, out / "adherence_vs_evaluations.png")
+    result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs_stock": speedup,
+              "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
+              "threads": torch.get_num_threads()}
+    (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'few_step.json'} and {out / 'adherence_vs_evaluations.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Few-step sampling: distil a trained pipeline folder into a student that draws in 1–8 U-Net calls.
+
+    accelerate launch distill_ldm.py --teacher OUT2 --output-dir OUT3 --max-steps 500
+
+(plain `python distill_ldm.py ...` and `ldm-distill` work too). Latent consistency distillation (LCD, Luo et al.
+2023) with the guidance weight as an input: the student is the teacher's U-Net plus a zero-initialised
+projection of a w embedding (`timestep_cond`), trained so that one call at any w ∈ [w_min, w_max] lands where
+the teacher's guided ODE does. All the maths is in `ldm.distill`. The data are the teacher's own (its
+`train_config.json`; its latent cache is reused when it matches) unless `--data` says otherwise. The output is
+a pipeline folder with an `LCMScheduler` that stock `StableDiffusionPipeline.from_pretrained` samples, plus
+`few_step.json` (default steps and guidance for `ldm-generate` / `ldm-eval`), checkpoints and sample grids.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import LCMScheduler
+
+from ldm.cli import option, run_command, save_config
+from ldm.conditioning import null_prompt_embeds
+from ldm.data import open_dataset
+from ldm.distill import TIME_COND_PROJ_DIM, distillation_loss, make_student, skipping_timesteps, update_target
+from ldm.encode_shards import build_latent_cache, cache_source, open_if_current, shard_cache_key
+from ldm.grid import make_grid
+from ldm.latent_shards import TRAINING_CACHE_DIR, ShardedLatentCache
+from ldm.stage2 import CaptionEmbedder
+from ldm.training.accelerator import make_accelerator
+from ldm.training.batches import global_batch_indices, local_slice, step_generator
+from ldm.training.checkpoint import CheckpointManager
+from ldm.training.guards import check_finite
+from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
+from ldm.training.optim import make_adamw, make_lr_scheduler
+from ldm.training.periodic import due
+from ldm.training.progress import TrainingProgress
+from pipelines.few_step import SamplingDefaults, write_sampling_defaults
+from pipelines.folder import load_pipeline, save_pipeline_folder
+from pipelines.pipeline_text_to_image import TextToImagePipeline
+# The one piece of stage 2 reused as is: per-item caption embeddings from a frozen text encoder.
+from train_ldm import CONFIG_FILE as TEACHER_CONFIG_FILE
+
+logger = logging.getLogger("distill_ldm")
+
+CONFIG_FILE = "distill_config.json"
+
+
+@dataclass
+class DistillConfig:
+    """Distil a pipeline folder into a few-step student (latent consistency distillation, w as an input)."""
+
+    teacher: str = option("", "the teacher pipeline folder (train_ldm.py output or any SD-format folder)")
+    output_dir: str = option("", "where the student's pipeline folder, checkpoints and samples go")
+    data: str = option("", "training data (default: the teacher's, from its train_config.json)")
+    data_size: int | None = option(None, "items to use (default: the teacher's)")
+    caption_column: str | None = option(None, "caption column for metadata / HF datasets (default: the "
+                                               "teacher's)")
+    resolution: int | None = option(None, "image side in pixels (default: the teacher's)")
+    # LCD (ldm.distill); defaults from the LCM paper and diffusers' train_lcm_distill_sd_wds.py.
+    solver_steps: int = option(50, "N, the teacher's DDIM grid: each solver step skips T / N timesteps")
+    w_min: float = option(0.0, "smallest guidance weight w (guidance_scale = w + 1) drawn per example")
+    w_max: float = option(4.0, "largest guidance weight w drawn per example")
+    time_cond_proj_dim: int = option(TIME_COND_PROJ_DIM, "width of the student's w embedding")
+    loss: str = option("huber", "consistency loss", choices=("huber", "l2"))
+    huber_c: float = option(1e-3, "pseudo-Huber constant c")
+    target_decay: float = option(0.95, "decay μ of the target network θ⁻ ← μθ⁻ + (1 − μ)θ")
+    # Optimisation.
+    max_steps: int = option(500, "optimizer steps")
+    batch_size: int = option(32, "images per process per step")
+    lr: float = option(1e-4, "AdamW learning rate")
+    warmup_steps: int = option(20, "linear learning-rate warm-up steps")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    # Sampling: validation grids, and the defaults written into few_step.json.
+    sample_steps: int = option(4, "LCM steps for validation grids and the folder's default")
+    sample_guidance_scale: float = option(2.0, "guidance_scale (w + 1) for validation grids and the folder's "
+                                               "default")
+    sample_prompts: str = option("", "prompts of the sample grids, separated by '|' (empty: no grids)")
+    sample_every: int = option(0, "write a sample grid every N steps (0: only at the end), as train_ldm.py")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: only at the end)")
+    resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
+    seed: int = option(0, "seed for data order and every per-step random draw")
+
+    def __post_init__(self):
+        for name in ("teacher", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.replace('_', '-')} is required.")
+        for name in ("max_steps", "batch_size", "solver_steps", "sample_steps", "time_cond_proj_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if not 0 <= self.w_min <= self.w_max:
+            raise ValueError(f"need 0 <= --w-min <= --w-max, got {self.w_min} and {self.w_max}.")
+        if not 0.0 <= self.target_decay < 1.0:
+            raise ValueError(f"--target-decay must be in [0, 1), got {self.target_decay}.")
+        if self.lr <= 0 or self.huber_c <= 0:
+            raise ValueError(f"--lr and --huber-c must be positive, got {self.lr} and {self.huber_c}.")
+        if self.sample_steps > self.solver_steps:
+            raise ValueError(f"--sample-steps ({self.sample_steps}) cannot exceed --solver-steps "
+                             f"({self.solver_steps}): LCM samples from the solver's grid.")
+
+    @property
+    def prompts(self) -> list[str]:
+        return [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
+
+
+def teacher_data(config: DistillConfig) -> dict:
+    """The data options: the user's, else the teacher's train_config.json (one-sentence error if neither)."""
+    path = Path(config.teacher) / TEACHER_CONFIG_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    data = {"data": config.data or saved.get("data"),
+            "size": config.data_size if config.data_size is not None else saved.get("data_size"),
+            "caption_column": config.caption_column or saved.get("caption_column", "text"),
+            "resolution": config.resolution or saved.get("resolution")}
+    if not data["data"] or not data["resolution"]:
+        raise ValueError(f"the teacher has no {TEACHER_CONFIG_FILE} naming its data; give --data and "
+                         f"--resolution.")
+    return data
+
+
+def latent_cache(vae, data: dict, *, teacher: Path, output_dir: Path, accelerator) -> ShardedLatentCache:
+    """The teacher's on-disk latent cache when it holds exactly these data (read only), else one that every
+    process encodes its share of into `output_dir` (`ldm.encode_shards`). Square (unbucketed) data only."""
+    key = shard_cache_key(source=cache_source(data["data"], size=data["size"], caption_column=data["caption_column"]),
+                          resolution=data["resolution"], vae=vae)
+    cache = open_if_current(teacher / TRAINING_CACHE_DIR, key)
+    if cache is not None:
+        logger.info("reusing the teacher's latent cache (%d items)", len(cache))
+    else:
+        dataset = open_dataset(data["data"], resolution=data["resolution"], crop="center",
+                               caption_column=data["caption_column"], size=data["size"])
+        cache = build_latent_cache(vae, dataset, cache_dir=output_dir / TRAINING_CACHE_DIR, key=key,
+                                   rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                   barrier=accelerator.wait_for_everyone, device=accelerator.device)
+    if len(cache.bucket_sizes) > 1:
+        raise ValueError("distillation draws square batches: give the teacher's data without --buckets.")
+    return cache
+
+
+def step_batch(step: int, *, cache, config: DistillConfig, scaling_factor: float, accelerator) -> dict:
+    """This process's slice of step `step`'s global batch: every draw from the step's generator over the global
+    batch, so the run depends on neither the process count nor where it was resumed (ldm.training.batches)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    generator = step_generator(config.seed, step)
+    indices = global_batch_indices(len(cache), config.batch_size * world, step, config.seed)
+    latents = cache.sample(indices, scaling_factor=scaling_factor, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    solver_index = torch.randint(0, config.solver_steps, (len(indices),), generator=generator)
+    w = config.w_min + (config.w_max - config.w_min) * torch.rand(len(indices), generator=generator)
+    batch = {"indices": indices, "latents": latents, "noise": noise, "solver_index": solver_index, "w": w}
+    return {name: local_slice(value, rank, world) for name, value in batch.items()}
+
+
+@torch.no_grad()
+def sample_grid(*, teacher_pipe, student, scheduler, config: DistillConfig, path: Path) -> None:
+    """The validation prompts drawn by the student in `sample_steps` LCM steps, one captioned grid at `path`."""
+    pipe = TextToImagePipeline(vae=teacher_pipe.vae, text_encoder=teacher_pipe.text_encoder,
+                               tokenizer=teacher_pipe.tokenizer, unet=student, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(config.prompts, num_inference_steps=config.sample_steps,
+                  guidance_scale=config.sample_guidance_scale,
+                  generator=torch.Generator().manual_seed(config.seed)).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, captions=config.prompts).save(path)
+    logger.info("validation grid written to %s", path)
+
+
+def distill(config: DistillConfig) -> Path:
+    """Run the distillation from `config`; return the student's pipeline folder."""
+    output_dir = Path(config.output_dir)
+    checkpoints = CheckpointManager(output_dir)
+    resume_from = checkpoints.resolve(config.resume) if config.resume else None  # fails before any work
+    data = teacher_data(config)
+    accelerator = make_accelerator(output_dir=output_dir, mixed_precision=config.mixed_precision,
+                                   seed=config.seed, project_name="distill_ldm")
+    if accelerator.is_main_process:
+        save_config(config, output_dir / CONFIG_FILE)
+
+    # Frozen teacher pieces, its data as latents, and the sampler the student will use.
+    teacher_pipe = load_pipeline(config.teacher, device=accelerator.device)
+    vae, text_encoder, tokenizer, teacher = (teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer,
+                                             teacher_pipe.unet)
+    for model in (vae, text_encoder, teacher):
+        model.requires_grad_(False).eval()
+    cache = latent_cache(vae, data, teacher=Path(config.teacher), output_dir=output_dir, accelerator=accelerator)
+    embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=False, captions=cache.iter_captions())
+    null = null_prompt_embeds(text_encoder, tokenizer)  # the ε(x) condition the teacher was trained with
+    scheduler = LCMScheduler.from_config(teacher_pipe.scheduler.config, original_inference_steps=config.solver_steps)
+    solver_timesteps = skipping_timesteps(num_train_timesteps=scheduler.config.num_train_timesteps,
+                                          num_solver_steps=config.solver_steps)
+
+    # Student (the teacher plus a zero-initialised w projection), its target network, optimizer, checkpoints.
+    student = make_student(teacher, time_cond_proj_dim=config.time_cond_proj_dim).train()
+    target = copy.deepcopy(student).requires_grad_(False).eval()
+    optimizer = make_adamw(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = make_lr_scheduler(optimizer, name="constant", warmup_steps=config.warmup_steps,
+                                     max_steps=config.max_steps, accelerator=accelerator)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    accelerator.register_for_checkpointing(target)
+    start = checkpoints.load(accelerator, resume_from) if resume_from else 0
+
+    def validate(name: str) -> None:
+        if config.prompts and accelerator.is_main_process:
+            model = accelerator.unwrap_model(student).eval()
+            sample_grid(teacher_pipe=teacher_pipe, student=model, scheduler=scheduler, config=config,
+                        path=output_dir / "samples" / f"{name}.png")
+            model.train()
+        accelerator.wait_for_everyone()
+
+    # Distillation loop.
+    stop = StopOnInterrupt(enabled=accelerator.num_processes == 1)
+    with stop, contextlib.closing(TrainingProgress(accelerator, total_steps=config.max_steps, initial_step=start,
+                                                   global_batch_size=config.batch_size * accelerator.num_processes)
+                                  ) as progress:
+        for step in range(start, config.max_steps):
+            batch = step_batch(step, cache=cache, config=config, scaling_factor=vae.config.scaling_factor,
+                               accelerator=accelerator)
+            prompt_embeds = embedder(cache.captions_of(batch["indices"]),
+                                     torch.ones(len(batch["indices"]), dtype=torch.bool))
+            with accelerator.autocast():
+                loss = distillation_loss(
+                    student=student, target=target, teacher=teacher,
+                    latents=batch["latents"].to(accelerator.device), noise=batch["noise"].to(accelerator.device),
+                    solver_index=batch["solver_index"], w=batch["w"], prompt_embeds=prompt_embeds,
+                    null_embeds=null.expand_as(prompt_embeds), solver_timesteps=solver_timesteps,
+                    alphas_cumprod=scheduler.alphas_cumprod, prediction_type=scheduler.config.prediction_type,
+                    loss_kind=config.loss, huber_c=config.huber_c)
+            accelerator.backward(loss)
+            loss = accelerator.reduce(loss.detach(), reduction="mean")
+            check_finite(loss, step + 1, last_checkpoint=checkpoints.last_saved)
+            accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            update_target(target, accelerator.unwrap_model(student), decay=config.target_decay)
+            progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
+            if due(step + 1, config.checkpoint_every, last_step=config.max_steps):
+                checkpoints.save(accelerator, step + 1)
+            if step + 1 < config.max_steps and due(step + 1, config.sample_every, last_step=config.max_steps):
+                validate(f"step-{step + 1}")
+            stop_if_requested(stop, checkpoints, accelerator, step=step + 1)
+
+    # The student's pipeline folder: the teacher's VAE and text side, the student U-Net, an LCMScheduler.
+    validate("final")
+    if accelerator.is_main_process:
+        save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             unet=accelerator.unwrap_model(student), scheduler=scheduler)
+        write_sampling_defaults(output_dir, SamplingDefaults("lcm", config.sample_steps,
+                                                             config.sample_guidance_scale),
+                                guidance_weight_range=[config.w_min, config.w_max], teacher=config.teacher)
+        logger.info("few-step pipeline saved to %s", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ldm-distill` / `accelerate launch distill_ldm.py`: 0 on success; a user mistake is one `error: ...` line
+    and exit status 2, a non-finite loss exit status 1, Ctrl-C 130 after saving the finished step (`ldm.cli`)."""
+    return run_command(distill, DistillConfig, argv, prog="ldm-distill")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
