@@ -34,7 +34,7 @@ from ldm.attention import set_attention, xformers_runs
 from ldm.conditioning import encode_prompt
 from ldm.data import open_dataset
 from ldm.eval.metrics import adherence, prompt_statement
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.guidance import guidance_scale_from_weight
 from ldm.latent_cache import encode_dataset
 from ldm.objective import diffusion_loss, min_snr_weights, snr, training_target

@@ -28,7 +28,7 @@ from PIL import Image
 from ldm.data.shapes import BACKGROUNDS, Scene, canonical_prompt, object_box, render_scene, scene_for_index
 from ldm.eval.editing import box_mask, edit_target, kept_layout, masked_psnr, seam_step
 from ldm.eval.metrics import adherence, prompt_statement
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from pipelines import ImageToImagePipeline, InpaintPipeline

@@ -5,7 +5,7 @@
 Trains, from the same base and on the same data for the same steps: a LoRA (U-Net attention + text encoder,
 since "pink" is a word the base's tokenizer never learned) and a full fine-tune (every U-Net and text-encoder
 weight) on `shapes:objects=1,novelcolour=1` (pink on circles and squares only), and a second LoRA on
-`novelshape=1` (diamonds in red, green and blue only). Then it samples and reads back (`ldm.eval.reader`):
+`novelshape=1` (diamonds in red, green and blue only). Then it samples and reads back (`ldm.eval.attributes`):
 - adherence on the trained pairs (pink circle/square) and on pairs never trained (pink triangle/cross);
 - retention: adherence on the base's own evaluation prompts (seen and held-out pairs), against the base;
 - both adapters at once on "pink diamond" prompts, a pair neither adapter saw;
@@ -29,7 +29,7 @@ from safetensors import safe_open
 
 from ldm.data import shapes
 from ldm.eval import metrics
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from ldm.lora import LORA_WEIGHTS_NAME

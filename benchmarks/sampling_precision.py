@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ldm.eval.metrics import adherence, prompt_statement
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.guidance import guidance_scale_from_weight
 from pipelines.evaluate import build_prompt_set, sample_seeds
 from pipelines.folder import load_pipeline

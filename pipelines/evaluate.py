@@ -5,7 +5,7 @@
 Prompts are `canonical_prompt`s of shapes scenes: "seen" ones from the test split (colour–shape pairs the
 model trained on) and "held-out" ones whose first object is a `HELD_OUT` pair (never seen together in
 training). Each prompt is sampled with the same seeds at every w (guidance_scale = w + 1), each image is
-read back with `ldm.eval.reader.read_scene`, and EVALDIR gets eval.json (every number and every image's
+read back with `ldm.eval.attributes.read_scene`, and EVALDIR gets eval.json (every number and every image's
 reading), adherence_vs_guidance.png, grid_w{w}.png and the PNGs under samples/.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ldm.data.dataset import ShapesDataset, open_dataset, parse_source
 from ldm.data.transforms import to_pil
 from ldm.eval import metrics
 from ldm.eval.plot import plot_guidance_sweep
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from pipelines.few_step import SamplingDefaults, resolve_sampling

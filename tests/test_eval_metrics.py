@@ -11,7 +11,7 @@ from PIL import Image
 
 from ldm.data import shapes
 from ldm.eval import metrics, plot
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 
 
 def obj(colour, shape, size="small", position="left"):

@@ -15,7 +15,7 @@ from ldm.data.dataset import open_dataset
 from ldm.data.transforms import to_pil
 from ldm.eval import metrics
 from ldm.eval.plot import PLOT_SIZE
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from pipelines import evaluate
 from pipelines.folder import save_pipeline_folder
 from pipelines.schedulers import make_scheduler

@@ -2,7 +2,7 @@
 
 A *scene* here is anything with `.background` (a name or None) and `.objects` (a sequence of objects
 with `.colour`, `.shape`, `.size`, `.position`, each a name or None). `None` means "not stated" in a prompt
-scene and is never checked. Both `ldm.data.shapes` scenes and `ldm.eval.reader.ReadScene` fit.
+scene and is never checked. Both `ldm.data.shapes` scenes and `ldm.eval.attributes.ReadScene` fit.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ldm.data.shapes import Scene
-from ldm.eval.reader import read_scene
+from ldm.eval.attributes import read_scene
 from ldm.guidance import guidance_scale_from_weight
 
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position")

@@ -1,4 +1,4 @@
-"""ldm/eval/reader.py against ground-truth renders from ldm.data.shapes (the reference: the scene itself)."""
+"""ldm/eval/attributes.py (reading scene attributes back from pixels) against ground-truth renders from ldm.data.shapes (the reference: the scene itself)."""
 import collections
 from collections import deque
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from ldm.data import shapes
-from ldm.eval import reader
+from ldm.eval import attributes as reader
 from ldm.eval.metrics import ATTRIBUTES, attribute_matches
 
 TARGET = 0.98  # the issue's bar: ≥ 98% correct per attribute on ground-truth renders
