@@ -6,7 +6,8 @@ from typing import Optional
 
 import pytest
 
-from ldm.cli import RUN_FAILED, USER_ERROR, RunFailed, build_parser, parse_config, run_command, save_config
+from ldm.cli import (RUN_FAILED, USER_ERROR, RunFailed, build_parser, parse_config, run_command, run_subcommands,
+                     save_config)
 from ldm.training.guards import NonFiniteLossError
 from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS, TrainingInterrupted
 
@@ -92,3 +93,19 @@ def test_a_good_config_runs_and_exits_zero():
     ran = []
     assert run_command(ran.append, ToyConfig, ["--max-steps", "3"]) == 0
     assert ran == [ToyConfig(max_steps=3)]
+
+
+def test_subcommands_dispatch_to_their_configs_and_share_the_exit_statuses(capsys):
+    ran = []
+    commands = {"toy": (ToyConfig, ran.append), "prompt": (PromptConfig, ran.append)}
+    assert run_subcommands("tool", commands, ["toy", "--max-steps", "3"], description="d") == 0
+    assert run_subcommands("tool", commands, ["prompt", "red", "-n", "2"], description="d") == 0
+    assert ran == [ToyConfig(max_steps=3), PromptConfig("red", 2)]
+    capsys.readouterr()
+    assert run_subcommands("tool", commands, ["toy", "--max-steps", "0"], description="d") == USER_ERROR
+    assert run_subcommands("tool", commands, ["nope"], description="d") == USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: unknown command 'nope'; choose one of: toy, prompt."
+    assert run_subcommands("tool", commands, [], description="d") == USER_ERROR  # usage on stderr
+    assert run_subcommands("tool", commands, ["--help"], description="d") == 0
+    assert "toy" in capsys.readouterr().out and len(ran) == 2

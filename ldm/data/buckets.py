@@ -4,7 +4,6 @@ centre-cropped only by what that bucket's rounding to `step` leaves over, instea
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -70,17 +69,8 @@ def resize_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> Image.Image
     return image.crop((left, top, left + width, top + height))
 
 
-def add_bucket_options(parser: argparse.ArgumentParser) -> None:
-    """--buckets and kohya's bucket options, for `ldm-data cache` and `ldm-data check`."""
-    parser.add_argument("--buckets", action="store_true", help="resize each image to the aspect-ratio bucket "
-                                                               "nearest its own instead of a centre square")
-    parser.add_argument("--min-bucket-reso", type=int, default=None, help="smallest bucket side (default R/2)")
-    parser.add_argument("--max-bucket-reso", type=int, default=None, help="largest bucket side (default 2R)")
-    parser.add_argument("--bucket-step", type=int, default=None, help="bucket sides are multiples of this "
-                                                                      "(default R/8, at least 8)")
-
-
-def bucket_spec(args: argparse.Namespace) -> BucketSpec | None:
+def bucket_spec(args) -> BucketSpec | None:
+    """The spec of a command's --buckets options (`ldm.data.cli.BucketOptions` + `resolution`), or None."""
     if not args.buckets:
         return None
     return default_spec(args.resolution, min_reso=args.min_bucket_reso, max_reso=args.max_bucket_reso,

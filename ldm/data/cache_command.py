@@ -7,7 +7,6 @@ Every process encodes its share of the chunks (ldm/encode_shards.py); an interru
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .buckets import bucket_spec
 from .dataset import open_dataset
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def _check_numbers(args) -> None:
     for name in ("batch_size", "chunk_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -30,8 +29,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be at least 0, got {args.workers}.")
 
 
-def run_cache(args: argparse.Namespace) -> int:
-    """Encode `args.source` into `args.out`; print one summary line (main process). Returns 0."""
+def run_cache(args) -> int:
+    """Encode `args.source` into `args.out` (`args`: an `ldm.data.cli.CacheConfig`); print one summary line
+    (main process). Returns 0."""
     from ..training.accelerator import make_accelerator
 
     _check_numbers(args)

@@ -3,19 +3,20 @@ into an on-disk latent cache (`ldm-data cache`, also under `accelerate launch`).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
 import sys
 from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from PIL import Image
 
-from ..cli import USER_ERROR, report_user_error
+from ..cli import option, run_subcommands
 from ..grid import make_grid
-from .buckets import add_bucket_options, bucket_spec
+from .buckets import bucket_spec
 from .dataset import open_dataset
 from .images import BadSample, NoUsableSamples
 from .transforms import to_pil
@@ -24,53 +25,87 @@ DEFAULT_RESOLUTION = 64  # images smaller than this are counted as "smaller than
 PREVIEW_MIN_TILE = 128  # preview tiles are shown at least this large
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--resolution", type=int, default=DEFAULT_RESOLUTION, help="training resolution in pixels"
-    )
-    parser.add_argument("--split", default="train", help="split of built-in or HF datasets")
-    parser.add_argument("--caption-column", default="text", help="caption column of metadata / HF datasets")
-    parser.add_argument("--caption-ext", default=".txt", help="extension of sidecar caption files")
+@dataclass
+class SourceOptions:
+    """How every subcommand opens its source (`ldm.data.open_dataset`)."""
+
+    resolution: int = option(DEFAULT_RESOLUTION, "training resolution in pixels")
+    split: str = option("train", "split of built-in or HF datasets")
+    caption_column: str = option("text", "caption column of metadata / HF datasets")
+    caption_ext: str = option(".txt", "extension of sidecar caption files")
+
+    def __post_init__(self):
+        if self.resolution < 1:
+            raise ValueError(f"--resolution must be at least 1, got {self.resolution}.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldm-data", description=__doc__, allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="count usable and skipped samples (decodes every image)")
-    check.add_argument("path", help="data source: a path, tar shards, or a built-in name")
-    check.add_argument("--json", action="store_true", help='print {"usable": N, "skipped": {reason: count}}, '
-                                                           'with --buckets also "buckets": {"WxH": count}')
-    add_bucket_options(check)
-    _common(check)
-    preview = commands.add_parser("preview", help="write a captioned grid of transformed samples")
-    preview.add_argument("source", help="data source: a path, tar shards, or a built-in name such as shapes")
-    preview.add_argument("-n", type=int, default=16, help="number of samples")
-    preview.add_argument("--out", default="grid.png", help="output image path")
-    preview.add_argument("--crop", default="center", choices=("center", "random"))
-    preview.add_argument("--random-flip", action="store_true", help="apply the caption-aware random flip")
-    _common(preview)
-    _add_cache_parser(commands)
-    return parser
+@dataclass
+class BucketOptions:
+    """--buckets and kohya's bucket options (`ldm.data.buckets.bucket_spec` reads them)."""
+
+    buckets: bool = option(False, "resize each image to the aspect-ratio bucket nearest its own instead of a "
+                                  "centre square")
+    min_bucket_reso: Optional[int] = option(None, "smallest bucket side (default R/2)")
+    max_bucket_reso: Optional[int] = option(None, "largest bucket side (default 2R)")
+    bucket_step: Optional[int] = option(None, "bucket sides are multiples of this (default R/8, at least 8)")
 
 
-def _add_cache_parser(commands) -> None:
-    cache = commands.add_parser("cache", help="encode a data source with a frozen VAE into an on-disk latent cache "
-                                              "(every process of `accelerate launch` encodes its share)")
-    cache.add_argument("source", help="data source: a path, tar shards, or a built-in name such as shapes")
-    cache.add_argument("--vae", required=True, help="the stage-1 VAE folder (train_vae.py output's vae/)")
-    cache.add_argument("--out", required=True, help="cache folder; pass it to train_ldm.py --latent-cache")
-    cache.add_argument("--size", type=int, default=None, help="number of items to use (as train_ldm --data-size)")
-    cache.add_argument("--dtype", default="float16", choices=("float16", "float32"),
-                       help="storage of the posterior mean and std")
-    cache.add_argument("--batch-size", type=int, default=32, help="images per VAE encode")
-    cache.add_argument("--workers", type=int, default=2, help="DataLoader workers per process decoding images")
-    cache.add_argument("--chunk-size", type=int, default=None, help="items per chunk file of a map-style source "
-                                                                    "(default 1024); tar shards: one chunk each")
-    add_bucket_options(cache)
-    _common(cache)
+@dataclass
+class CheckConfig(SourceOptions, BucketOptions):
+    """Count usable and skipped samples (decodes every image)."""
+
+    path: Optional[str] = option(None, "data source: a path, tar shards, or a built-in name", positional=True)
+    json: bool = option(False, 'print {"usable": N, "skipped": {reason: count}}, with --buckets also '
+                               '"buckets": {"WxH": count}')
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.path:
+            raise ValueError("ldm-data check needs a data source.")
 
 
-def _open(args: argparse.Namespace, source: str, **extra) -> torch.utils.data.Dataset:
+@dataclass
+class PreviewConfig(SourceOptions):
+    """Write a captioned grid of transformed samples."""
+
+    source: Optional[str] = option(None, "data source: a path, tar shards, or a built-in name such as shapes",
+                                   positional=True)
+    n: int = option(16, "number of samples", aliases=["-n"])
+    out: str = option("grid.png", "output image path")
+    crop: str = option("center", "crop", choices=("center", "random"))
+    random_flip: bool = option(False, "apply the caption-aware random flip")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.source:
+            raise ValueError("ldm-data preview needs a data source.")
+        if self.n < 1:
+            raise ValueError(f"-n must be at least 1, got {self.n}.")
+
+
+@dataclass
+class CacheConfig(SourceOptions, BucketOptions):
+    """Encode a data source with a frozen VAE into an on-disk latent cache (every process of `accelerate launch`
+    encodes its share)."""
+
+    source: Optional[str] = option(None, "data source: a path, tar shards, or a built-in name such as shapes",
+                                   positional=True)
+    vae: str = option("", "(required) the stage-1 VAE folder (train_vae.py output's vae/)")
+    out: str = option("", "(required) cache folder; pass it to train_ldm.py --latent-cache")
+    size: Optional[int] = option(None, "number of items to use (as train_ldm --data-size)")
+    dtype: str = option("float16", "storage of the posterior mean and std", choices=("float16", "float32"))
+    batch_size: int = option(32, "images per VAE encode")
+    workers: int = option(2, "DataLoader workers per process decoding images")
+    chunk_size: Optional[int] = option(None, "items per chunk file of a map-style source (default 1024); tar "
+                                             "shards: one chunk each")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.source or not self.vae or not self.out:
+            raise ValueError("ldm-data cache needs a data source, --vae and --out.")
+
+
+def _open(args: SourceOptions, source: str, **extra) -> torch.utils.data.Dataset:
     return open_dataset(
         source,
         resolution=args.resolution,
@@ -124,9 +159,7 @@ def _print_table(usable: int, skipped: dict[str, int]) -> None:
         print(f"{reason:<{width}}  {count}  (skipped)")
 
 
-def _preview(args: argparse.Namespace) -> None:
-    if args.n < 1:
-        raise ValueError(f"-n must be at least 1, got {args.n}.")
+def _preview(args: PreviewConfig) -> None:
     dataset = _open(args, args.source, crop=args.crop, random_flip=args.random_flip)
     if isinstance(dataset, torch.utils.data.IterableDataset):
         items = list(itertools.islice(dataset, args.n))
@@ -141,7 +174,7 @@ def _preview(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(items)} samples at {args.resolution} px)")
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: CheckConfig) -> None:
     # Per-sample warnings would drown the summary; the counts say the same.
     logging.getLogger("ldm.data").setLevel(logging.ERROR)
     spec, sizes = bucket_spec(args), Counter()
@@ -157,27 +190,20 @@ def _check(args: argparse.Namespace) -> int:
         for name, count in buckets.items():
             print(f"bucket {name}  {count}")
     if not usable:
-        print(
-            f"error: {args.path} has no usable image–caption sample at {args.resolution} px.",
-            file=sys.stderr,
-        )
-    return 0 if usable else USER_ERROR
+        raise ValueError(f"{args.path} has no usable image–caption sample at {args.resolution} px.")
+
+
+def _cache(args: CacheConfig) -> None:
+    from .cache_command import run_cache
+
+    run_cache(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "check":
-            return _check(args)
-        if args.command == "cache":
-            from .cache_command import run_cache
-
-            return run_cache(args)
-        _preview(args)
-    except (ValueError, ImportError, OSError) as err:
-        return report_user_error(err)
-    return 0
+    """`ldm-data check|preview|cache`: 0 on success; a user mistake (or a source with no usable sample) is one
+    `error: ...` line and exit status 2 (`ldm.cli`)."""
+    return run_subcommands("ldm-data", {"check": (CheckConfig, _check), "preview": (PreviewConfig, _preview),
+                                        "cache": (CacheConfig, _cache)}, argv, description=__doc__.strip())
 
 
 if __name__ == "__main__":
