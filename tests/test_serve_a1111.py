@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from serving import decode_png, encode_png, in_thread, pixels, shared_server
+from serving import decode_png, encode_png, in_thread, pixels, shared_server, start_server
 from PIL import Image
 
 import pipelines
@@ -164,3 +164,29 @@ def test_progress_interrupt_and_a_hung_up_client(server):
     assert response.status == 200 and len(answer["images"]) == 1  # the image as far as it got
     assert json.loads(answer["info"])["interrupted"] is True
     assert server.request("GET", "/sdapi/v1/progress")[1]["state"]["job_count"] == 0
+
+
+def test_a_server_started_with_lora_adapters_draws_what_ldm_generate_draws_with_them(tmp_path):
+    from test_lora import make_adapter  # a trained-looking adapter (random A and B) for the tiny model
+
+    model = shared_server().model
+    adapter = make_adapter(model, tmp_path / "adapter.safetensors", seed=5)
+    spec = f"{adapter}:0.7"
+    out = tmp_path / "generate"
+    argv = ["a red circle", "--model", str(model), "--out", str(out), "--steps", "3", "-n", "1", "--seed", "3",
+            "--scheduler", "euler", "--dtype", "fp32", "--lora", spec]
+    assert in_thread(ldm_generate, argv) == 0
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["loras"][0]["scale"] == 0.7
+    server = start_server(model, "--lora", spec)
+    try:
+        body = {"prompt": "a red circle", "steps": 3, "cfg_scale": 4.0, "seed": row["seed"], "sampler_name": "Euler"}
+        status, answer = server.request("POST", "/sdapi/v1/txt2img", body)
+    finally:
+        server.stop()
+    assert status == 200, answer
+    ours, theirs = decode_png(answer["images"][0]), Image.open(out / row["file"])
+    assert np.abs(pixels(ours) - pixels(theirs)).max() <= 1
+    assert ours.text == theirs.text and "loras" in ours.text  # the adapter, its sha256 and scale recorded
+    plain = decode_png(shared_server().request("POST", "/sdapi/v1/txt2img", body)[1]["images"][0])
+    assert np.abs(pixels(plain) - pixels(ours)).max() > 1  # the adapter changed the image

@@ -18,6 +18,7 @@ from ldm.attention import check_attention
 from ldm.cli import option, run_command
 from pipelines.folder import check_pipeline_folder
 from pipelines.generate import DTYPES, pick_dtype, prepare_pipeline
+from pipelines.lora import LORA_HELP, lora_specs
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from pipelines.serve.engine import PREVIEWS
 
@@ -70,6 +71,7 @@ class ServeConfig:
     )
     attention: str = option("auto", "attention kernel: auto, sdpa, xformers")
     compile: bool = option(False, "torch.compile the U-Net (minutes of warm-up; faster after)")
+    lora: tuple[str, ...] = option((), LORA_HELP + "; loaded once, active for every request")
 
     def __post_init__(self):
         if not self.model:
@@ -87,6 +89,7 @@ class ServeConfig:
                 "(or --insecure to serve without one)."
             )
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
+        lora_specs(self.lora)  # a bad scale or a missing file fails before the model loads
 
 
 def is_loopback(host: str) -> bool:
@@ -121,6 +124,7 @@ def build_server(config: ServeConfig):
         batch_size=config.batch_size,
         preview_every=config.preview_every,
         preview=config.preview,
+        loras=config.lora,
     )
     queue = JobQueue(generator, max_waiting=config.max_queue, batch_wait=config.batch_wait_ms / 1000).start()
     # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the

@@ -124,6 +124,7 @@ class Generator:
         batch_size: int = 4,
         preview_every: int = 1,
         preview: str = "linear",
+        loras: tuple[str, ...] = (),
     ):
         """preview: "linear" (the fitted latent → RGB map, free) or "vae" (a full decode of the first image,
         exact but about a U-Net step's cost each time)."""
@@ -131,6 +132,7 @@ class Generator:
             raise ValueError(f"preview must be one of {', '.join(PREVIEWS)}, got {preview!r}.")
         self.pipe = pipe
         self.model = str(model)
+        self.loras = tuple(loras)  # the --lora values the pipeline was loaded with, for the PNG metadata
         self.autocast = autocast or contextlib.nullcontext()
         self.batch_size = batch_size
         self.preview_every = preview_every
@@ -163,7 +165,7 @@ class Generator:
             images = self._run_batch(target, batch, on_cancel or (lambda job: None))
             for (job, item), image in zip(batch, images):
                 if job.state != "cancelled":
-                    config = generate_config(job.request, self.model)
+                    config = generate_config(job.request, self.model, self.loras)
                     job.images.append(png_bytes(image, png_info(item, config)))
                     job.seeds.append(item.seed)
             if all(job.cancel_reason is not None for job, _ in batch):
@@ -244,9 +246,10 @@ def batchable(first: GenerationRequest, other: GenerationRequest) -> bool:
     return first.mode == "txt2img" and key(first) == key(other)
 
 
-def generate_config(request: GenerationRequest, model: str) -> GenerateConfig:
-    """The `ldm-generate` settings equal to `request`, for its PNG metadata."""
+def generate_config(request: GenerationRequest, model: str, loras: tuple[str, ...] = ()) -> GenerateConfig:
+    """The `ldm-generate` settings equal to `request` (and the server's adapters), for its PNG metadata."""
     return GenerateConfig(
+        lora=loras,
         prompt=request.prompt,
         model=model,
         num_images=request.num_images,
