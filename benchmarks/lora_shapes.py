@@ -95,7 +95,7 @@ def train(name: str, *, base: str, out: Path, data: str, args, extra: list[str])
 def _loop_seconds(log: str) -> float:
     """The training loop's own time: the elapsed field of the last progress-bar update ("[mm:ss<" or
     "[h:mm:ss<"), which leaves out start-up, data encoding and saving."""
-    stamps = re.findall(r"\[(\d+(?::\d+)+)<", log)
+    stamps = re.findall(r"train:[^\[\n\r]*\[(\d+(?::\d+)+)<", log)  # not the save bars ("Writing ...")
     if not stamps:
         return float("nan")
     seconds = 0
