@@ -35,9 +35,9 @@ from ldm.training.accelerator import make_accelerator
 from ldm.training.batches import global_batch_indices, local_slice, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.guards import check_finite
-from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
+from ldm.training.interrupt import StopOnInterrupt
 from ldm.training.optim import make_adamw, make_lr_scheduler
-from ldm.training.periodic import due
+from ldm.training.periodic import end_of_step
 from ldm.training.progress import TrainingProgress
 from pipelines.few_step import SamplingDefaults, write_sampling_defaults
 from pipelines.folder import load_pipeline, save_pipeline_folder
@@ -239,11 +239,9 @@ def distill(config: DistillConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             update_target(target, accelerator.unwrap_model(student), decay=config.target_decay)
             progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
-            if due(step + 1, config.checkpoint_every, last_step=config.max_steps):
-                checkpoints.save(accelerator, step + 1)
-            if step + 1 < config.max_steps and due(step + 1, config.sample_every, last_step=config.max_steps):
-                validate(f"step-{step + 1}")
-            stop_if_requested(stop, checkpoints, accelerator, step=step + 1)
+            end_of_step(step + 1, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
+                        sample_every=config.sample_every, checkpoints=checkpoints, accelerator=accelerator,
+                        sample=validate, stop=stop)
 
     # The student's pipeline folder: the teacher's VAE and text side, the student U-Net, an LCMScheduler.
     validate("final")

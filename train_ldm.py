@@ -47,9 +47,9 @@ from ldm.training.batches import BucketBatches, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
-from ldm.training.interrupt import StopOnInterrupt, stop_if_requested
+from ldm.training.interrupt import StopOnInterrupt
 from ldm.training.optim import LR_SCHEDULES, make_adamw, make_lr_scheduler
-from ldm.training.periodic import due
+from ldm.training.periodic import end_of_step
 from ldm.training.progress import TrainingProgress
 from ldm.unet import UNET_PRESETS, build_unet
 from pipelines.folder import save_pipeline_folder
@@ -446,12 +446,9 @@ def train(config: TrainConfig) -> Path:
             if ema is not None:
                 ema.step(trained.parameters())
             progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
-            if due(step + 1, config.checkpoint_every, last_step=config.max_steps):
-                checkpoints.save(accelerator, step + 1)
-            # The last step's grid is the "final" one, drawn after the loop with the saved weights.
-            if step + 1 < config.max_steps and due(step + 1, config.sample_every, last_step=config.max_steps):
-                validate(f"step-{step + 1}")
-            stop_if_requested(stop, checkpoints, accelerator, step=step + 1)
+            end_of_step(step + 1, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
+                        sample_every=config.sample_every, checkpoints=checkpoints, accelerator=accelerator,
+                        sample=validate, stop=stop)
 
     # The pipeline folder (EMA weights when on) and a last validation grid.
     validate("final")
