@@ -12,19 +12,32 @@ MAX_CAPTION_LINES = 4  # long captions are cut with "..." so one caption cannot 
 
 
 def _wrap(caption: str, width_px: int, font: ImageFont.ImageFont) -> list[str]:
-    """Greedy word wrap by measured pixel width; a single over-long word is cut to fit."""
+    """Greedy word wrap by measured pixel width; a word wider than a line continues on the next line(s) instead
+    of losing its end ("grinning" under a 32 px tile was shown as "grinni")."""
     lines: list[str] = []
     for word in caption.split():
         candidate = f"{lines[-1]} {word}" if lines else word
         if lines and font.getlength(candidate) <= width_px:
             lines[-1] = candidate
         else:
-            lines.append(word)
-    lines = [_fit(line, width_px, font) for line in lines] or [""]
+            lines.extend(_split_word(word, width_px, font))
+    lines = lines or [""]
     if len(lines) > MAX_CAPTION_LINES:
         lines = lines[:MAX_CAPTION_LINES]
         lines[-1] = _fit(lines[-1] + "...", width_px, font, suffix="...")
     return lines
+
+
+def _split_word(word: str, width_px: int, font: ImageFont.ImageFont) -> list[str]:
+    """`word` in pieces that each fit `width_px` (at least one character each), in order."""
+    pieces = []
+    while word:
+        end = len(word)
+        while end > 1 and font.getlength(word[:end]) > width_px:
+            end -= 1
+        pieces.append(word[:end])
+        word = word[end:]
+    return pieces
 
 
 def _fit(text: str, width_px: int, font: ImageFont.ImageFont, suffix: str = "") -> str:

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
+from ldm import grid
 from ldm.grid import PADDING, make_grid
 
 
@@ -41,3 +42,12 @@ def test_bad_arguments():
         make_grid([])
     with pytest.raises(ValueError, match="one caption per image"):
         make_grid(_tiles(2), captions=["one"])
+
+
+def test_a_word_wider_than_its_tile_continues_on_the_next_line_instead_of_losing_letters():
+    font = ImageFont.load_default()
+    lines = grid._wrap("grinning face", 32, font)
+    assert "".join(lines).replace(" ", "") == "grinningface"  # every letter shown, in order
+    assert all(font.getlength(line) <= 32 for line in lines)
+    long = grid._wrap("supercalifragilistic expialidocious words go on and on", 32, font)
+    assert len(long) == grid.MAX_CAPTION_LINES and long[-1].endswith("...")  # still capped
