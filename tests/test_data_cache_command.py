@@ -1,13 +1,11 @@
 """ldm/data/cache_command.py: `ldm-data cache` under `accelerate launch` with 2 CPU processes builds the cache
 one process builds; user mistakes are one-line errors."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from launching import launch_two_processes
 from tiny_components import tiny_vae
 
 from ldm.data.cli import main
@@ -24,11 +22,8 @@ def _cache_args(vae, out, *extra):
 @pytest.mark.slow
 def test_two_processes_build_the_one_process_cache(tmp_path, capsys):
     tiny_vae().save_pretrained(tmp_path / "vae")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ldm.data.cli"]
-    result = subprocess.run(launch + _cache_args(tmp_path / "vae", tmp_path / "two"), env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = launch_two_processes(["-m", "ldm.data.cli", *_cache_args(tmp_path / "vae", tmp_path / "two")],
+                                  cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 1: 1 of its 1 latent-cache chunks to encode" in result.stderr  # chunk 1 of 0, 1, 2
     assert main(_cache_args(tmp_path / "vae", tmp_path / "one", "--workers", "0")) == 0

@@ -1,8 +1,6 @@
 """distill_ldm.py end to end on a tiny teacher folder: exact resume, stock diffusers samples the student,
 errors, Ctrl-C."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from diffusers import LCMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import distill_ldm
+from launching import launch_two_processes
 from interrupting import interrupt_when_training, last_line
 from ldm.objective import make_noise_scheduler
 from pipelines.few_step import FEW_STEP_FILE
@@ -144,13 +143,9 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resumes(teacher, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):
     """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "distill_ldm.py")]
     two = _args(teacher, tmp_path / "two", "--max-steps", "3", "--checkpoint-every", "0")
     two[two.index("--batch-size") + 1] = "2"
-    result = subprocess.run(launch + two, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = launch_two_processes([str(REPO / "distill_ldm.py"), *two], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert distill_ldm.main(_args(teacher, tmp_path / "one", "--max-steps", "3", "--checkpoint-every", "0")) == 0
     one, two_w = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("one", "two"))

@@ -1,16 +1,14 @@
 """pipelines/generate.py (`ldm-generate`): files, manifest, PNG metadata, seeds, processes, bad input."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
 from PIL import Image
+from launching import assert_same_files, launch_two_processes
 from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
 from pipelines.folder import load_pipeline, save_pipeline_folder
@@ -197,31 +195,8 @@ def test_two_processes_write_the_same_files_as_one(model, prompts_file, tmp_path
         "2",
     ]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "pipelines.generate",
-        *args,
-        "--out",
-        str(tmp_path / "two"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_two_processes(["-m", "pipelines.generate", *args, "--out", str(tmp_path / "two")], timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "process 2 of 2" in result.stderr
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
-    for path in one.iterdir():
-        if path.name != "generate_config.json":  # records --out, which differs by construction
-            assert path.read_bytes() == (two / path.name).read_bytes(), path.name
+    # generate_config.json records --out, which differs by construction
+    assert_same_files(tmp_path / "one", tmp_path / "two", except_names=("generate_config.json",))

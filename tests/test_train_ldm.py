@@ -3,8 +3,6 @@ import importlib.util
 import itertools
 import logging
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors.torch import load_file
 
 import train_ldm
 from ldm.data import cli as data_cli
+from launching import launch_two_processes
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -264,14 +263,10 @@ def test_8bit_adam_without_bitsandbytes_is_a_one_line_error(parts, tmp_path, cap
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_double_batch(parts, tmp_path):
     """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "train_ldm.py")]
     args = ["--max-steps", "3", "--checkpoint-every", "0"]
     two = _args(parts, tmp_path / "two", *args)
     two[two.index("--batch-size") + 1] = "2"
-    result = subprocess.run(launch + two, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = launch_two_processes([str(REPO / "train_ldm.py"), *two], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert train_ldm.main(_args(parts, tmp_path / "one", *args)) == 0
     for name in (UNET_WEIGHTS, TEXT_WEIGHTS):

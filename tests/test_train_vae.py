@@ -1,8 +1,6 @@
 """train_vae.py end to end with a tiny VAE on 32 px shapes: exact resume, the non-finite guard, the saved
 vae/ folder and its measured scaling factor, metrics, and one-line errors."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from safetensors.torch import load_file
 import train_vae
 from autoencoder import AutoencoderLoss, measure_scaling_factor
 from ldm.data import open_dataset
+from launching import launch_two_processes
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_vae
 
@@ -153,13 +152,10 @@ def test_two_cpu_processes_match_one_process_with_double_batch(vae_config, tmp_p
     invariant. Attention key biases have an exactly-zero gradient (softmax ignores them), so Adam moves them
     by rounding noise alone; they are left out of the comparison.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--max-steps", "2", "--disc-start", "100"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              str(REPO / "train_vae.py")]
-    subprocess.run(launch + _args(vae_config, tmp_path / "two", *common), check=True, env=env, cwd=tmp_path,
-                   capture_output=True)
+    result = launch_two_processes([str(REPO / "train_vae.py"), *_args(vae_config, tmp_path / "two", *common)],
+                                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "two" / "checkpoints" / "step-2" / "random_states_1.pkl").is_file()  # 2 processes ran
     one = _args(vae_config, tmp_path / "one", *common)
     one[one.index("--batch-size") + 1] = "4"
