@@ -93,9 +93,10 @@ def train(name: str, *, base: str, out: Path, data: str, args, extra: list[str])
 
 
 def _loop_seconds(log: str) -> float:
-    """The training loop's own time: the elapsed field of the last progress-bar update ("[mm:ss<" or
-    "[h:mm:ss<"), which leaves out start-up, data encoding and saving."""
-    stamps = re.findall(r"train:[^\[\n\r]*\[(\d+(?::\d+)+)<", log)  # not the save bars ("Writing ...")
+    """The training loop's own time: the elapsed field of the last progress update (a terminal bar's
+    "[mm:ss<", or the plain line's "elapsed mm:ss" when the log is a file), which leaves out start-up, data
+    encoding and saving."""
+    stamps = re.findall(r"train:[^\[\n\r]*(?:\[|elapsed )(\d+(?::\d+)+)[<,]", log)  # not the save bars
     if not stamps:
         return float("nan")
     seconds = 0

@@ -28,7 +28,8 @@ def test_off_a_terminal_each_line_is_plain_and_says_step_loss_rate_and_eta(accel
     assert "\r" not in text
     lines = text.splitlines()
     assert lines[0] == "train: starting at step 2 of 10" and len(lines) == 9
-    pattern = re.compile(r"train: step (\d+)/10 \((\d+)%\), loss ([\d.]+), ([\d.]+) samples/s, ETA (\d+):(\d\d)")
+    pattern = re.compile(r"train: step (\d+)/10 \((\d+)%\), loss ([\d.]+), ([\d.]+) samples/s, "
+                         r"elapsed (\d+):(\d\d), ETA (\d+):(\d\d)")
     for step, line in zip(range(3, 11), lines[1:]):
         match = pattern.fullmatch(line)
         assert match, line

@@ -24,7 +24,7 @@ class TrainingProgress:
     On a terminal: a tqdm bar with the loss and samples/s. Off one (`stream.isatty()` false): tqdm's
     carriage-return stream would fill a log file with every redraw (727 KB in 74 lines for one quickstart), so
     it writes one plain line when training starts and then every `plain_every_s` seconds and at the last step:
-    `train: step S/T (P%), loss L, N samples/s, ETA m:ss`.
+    `train: step S/T (P%), loss L, N samples/s, elapsed m:ss, ETA m:ss` (elapsed: since this run's first step).
     `update(step, logs)` also sends `logs` (scalar floats) plus `samples_per_s` (global samples, all processes)
     to `accelerator.log`. Use as a context manager so the bar is closed on errors too.
     """
@@ -69,7 +69,7 @@ class TrainingProgress:
         eta = _duration((self.total_steps - step) * seconds_per_step)
         loss = f", loss {logs['loss']:.4f}" if "loss" in logs else ""
         self._write(f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%){loss}, "
-                    f"{rate:.1f} samples/s, ETA {eta}")
+                    f"{rate:.1f} samples/s, elapsed {_duration(now - self._start_time)}, ETA {eta}")
         self._line_step, self._line_time = step, now
 
     def close(self) -> None:
