@@ -191,7 +191,7 @@ class Generator:
                 job.step = done_before[job] + step + 1
                 if step % self.preview_every == 0:
                     index = first_image[job]
-                    job.preview = png_bytes(self._preview(latents[index : index + 1], request))
+                    job.preview = png_bytes(self._preview(latents[index : index + 1]))
                     job.preview_number += 1
 
         negatives = [item.negative_prompt for _, item in batch]
@@ -215,12 +215,13 @@ class Generator:
             with torch.inference_mode(), self.autocast:
                 return self.pipe.decode(last["latents"], "pil")
 
-    def _preview(self, latents: torch.Tensor, request: GenerationRequest) -> Image.Image:
-        """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled."""
+    def _preview(self, latents: torch.Tensor) -> Image.Image:
+        """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled, shown at the image's own
+        size (h and w times the VAE factor, so an edit of a non-square init image previews at its shape too)."""
         if self.preview == "vae":
             return self.pipe.decode(latents[:1], "pil")[0]
-        size = (request.width or self.pipe.default_size, request.height or self.pipe.default_size)
-        return preview_image(latents, self.rgb_map, size)
+        factor = self.pipe.vae_scale_factor
+        return preview_image(latents, self.rgb_map, (latents.shape[-1] * factor, latents.shape[-2] * factor))
 
 
 def image_job(request: GenerationRequest, index: int) -> ImageJob:
