@@ -18,7 +18,6 @@ from pathlib import Path
 from ldm.cli import USER_ERROR, RunFailed, run_command, save_config
 from ldm.guidance import guidance_scale_from_weight
 from ldm.training.interrupt import INTERRUPTED_EXIT_STATUS, StopOnInterrupt, TrainingInterrupted
-from ldm.unet import UNET_PRESETS
 
 logger = logging.getLogger("quickstart")
 
@@ -39,16 +38,11 @@ class QuickstartConfig:
         "choices": ["all", "seen"]})
     vae_steps: int | None = field(default=None, metadata={
         "help": "stage-1 optimisation steps (default 1500; 1200 with --simple)"})
-    vae_batch_size: int = field(default=16, metadata={"help": "stage-1 batch size"})
-    # Stage 2: the step count, not the model size, limits quality on 2 cores (baseline notes), so the quickstart
-    # trains the narrow cpu-tiny U-Net for 2,400 steps (about 10 minutes) rather than cpu-small for 1,100.
-    unet_preset: str = field(default="cpu-tiny", metadata={"help": "stage-2 U-Net preset",
-                                                            "choices": sorted(UNET_PRESETS)})
-    unet_norm_groups: int | None = field(default=None, metadata={
-        "help": "GroupNorm groups of the U-Net (default 2; 32 with --simple)"})
+    vae_batch_size: int | None = field(default=None, metadata={"help": "stage-1 batch size (default: train_vae's)"})
+    # Stage 2 trains with train_ldm.py's defaults (ldm.recipe); only the data's step counts are the quickstart's.
+    ldm_batch_size: int | None = field(default=None, metadata={"help": "stage-2 batch size (default: train_ldm's)"})
     ldm_steps: int | None = field(default=None, metadata={
         "help": "stage-2 optimisation steps (default 2400; 3600 with --simple)"})
-    ldm_batch_size: int = field(default=64, metadata={"help": "stage-2 batch size"})
     ldm_data_size: int | None = field(default=None, metadata={
         "help": "distinct training images stage 2 encodes and cycles through (default 20000; 8000 with --simple)"})
     eval_weights: str = field(default="0,1,2,4,8", metadata={"help": "guidance weights w to evaluate"})
@@ -67,53 +61,29 @@ class QuickstartConfig:
         for name, value in VARIANT_DEFAULTS["simple" if self.simple else "full"].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("resolution", "vae_steps", "vae_batch_size", "ldm_steps", "ldm_batch_size", "ldm_data_size",
-                     "eval_prompts", "eval_seeds", "eval_steps", "unet_norm_groups"):
-            if getattr(self, name) < 1:
+        for name in ("resolution", "vae_steps", "ldm_steps", "ldm_data_size", "eval_prompts", "eval_seeds",
+                     "eval_steps", "vae_batch_size", "ldm_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
 
 
-# Step counts, U-Net GroupNorm groups and evaluation seeds per data variant, each measured in timed runs on
-# 2 cores (docs/experiments.md). Full data: 1,500 stage-1 steps rather than 1,200 (29.6 -> 32.2 dB, reconstructions
-# read right 89 -> 98%) doubled stage 2's held-out full adherence (32% -> 65% at the best w), and 2 GroupNorm
-# groups rather than diffusers' 32 (one channel per group at cpu-tiny's width) raised it to 78% and seen
-# adherence from 81% to 100%. A stage 1 trained on every colour-shape pair (the seen-pairs VAE reconstructed
-# green squares 26% readably) and 20,000 stage-2 images instead of 8,000 together took held-out adherence from
-# 79% to 97% (36 stratified prompts x 4 seeds). Simple data (large centred objects): 1,200 stage-1 steps already
-# read 100% right, so the minutes go to stage 2 instead; there 2 groups lost held-out pairs under guidance (77%
-# against 88% at the best w, two runs each), so it keeps 32. Both variants train stage 1 on every pair: on the
-# simple data that took held-out adherence from 88% to 100% at the best w.
+# What is specific to the data: step counts, stage 2's number of images and the evaluation's seeds per variant,
+# each measured in timed runs on 2 cores (docs/experiments.md); everything else is the trainers' defaults
+# (ldm.recipe). Full data: 1,500 stage-1 steps rather than 1,200 (29.6 -> 32.2 dB, reconstructions read right
+# 89 -> 98%) doubled stage 2's held-out adherence, and 20,000 stage-2 images instead of 8,000, with a stage 1
+# trained on every colour-shape pair, took it from 79% to 97%. Simple data (large centred objects): 1,200
+# stage-1 steps already read 100% right, so the minutes go to stage 2 instead; it has four held-out prompts, so
+# it evaluates more seeds of each. Both variants train stage 1 on every pair (a VAE that never saw green squares
+# reconstructed them readably 26% of the time).
 VARIANT_DEFAULTS = {
-    "full": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": 20000, "eval_prompts": 48,
-             "eval_seeds": 4, "unet_norm_groups": 2},
-    "simple": {"vae_steps": 1200, "ldm_steps": 3600, "ldm_data_size": 8000, "eval_prompts": 12,
-               "eval_seeds": 24, "unet_norm_groups": 32},
+    "full": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": 20000, "eval_prompts": 48, "eval_seeds": 4},
+    "simple": {"vae_steps": 1200, "ldm_steps": 3600, "ldm_data_size": 8000, "eval_prompts": 12, "eval_seeds": 24},
 }
 
-# Stage 1 on shapes: L2 reconstruction reached the blurry-blob plateau's exit far sooner than L1 (24.3 vs 20.8 dB
-# after 600 steps; L1 stayed on the plateau), and batch 16 at lr 2e-3 gave the most dB per second of what we tried.
-STAGE1_RECIPE = ["--rec-loss", "l2", "--lr", "2e-3", "--checkpoint-every", "500"]
 
-# Stage 2 on 2 CPU cores is limited by its step count, so the recipe buys sample efficiency: v-prediction was
-# worth about 2x over epsilon in the baseline notes, min-SNR-5 weighting (arXiv:2303.09556), a learning rate
-# that a 4 M-parameter U-Net tolerates, and EMA weights for sampling.
-STAGE2_RECIPE = ["--prediction-type", "v_prediction", "--min-snr-gamma", "5", "--lr", "1e-3", "--warmup-steps", "100",
-                 "--ema", "--ema-decay", "0.999", "--checkpoint-every", "250"]
-# Full data only: an SNR floor of 0.1 keeps some weight on the high-noise steps, where an object's position is
-# decided. Without it, position was learnt on some seeds and not on others (held-out adherence 97 / 86 / 95 / 64%
-# over four seeds on a GPU, 97 / 69 / 97% over three on 2 cores); with it, 92-99% over eight seeds and 93-97%
-# over three (README Results). A cosine learning-rate decay instead of a constant rate, at no extra cost, took
-# held-out adherence from 90% to 92% and from 92% to 96% over two seeds (48 prompts x 4 seeds, same stage 1). The
-# simple variant states no position and was measured with neither.
-FULL_DATA_RECIPE = ["--snr-floor", "0.1", "--lr-schedule", "cosine"]
-
-
-def text_preset(objects: int) -> str:
-    """The from-scratch text encoder: for one object, no transformer layers (with the 2-layer `tiny` the U-Net
-    never used the position words; with `embeddings` it does: position 12-24% -> 41-55%, measured with the
-    1,200-step stage 1 of that time, docs/experiments.md); several objects need `tiny`'s layers to tell which
-    object a colour or shape belongs to."""
-    return "embeddings" if objects == 1 else "tiny"
+def _given(flag: str, value) -> list[str]:
+    """[flag, value] when the user gave the value, else nothing (the trainer's default applies)."""
+    return [] if value is None else [flag, str(value)]
 
 
 def stage_commands(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -123,16 +93,12 @@ def stage_commands(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path, li
     common = ["--resolution", str(cfg.resolution), "--seed", str(cfg.seed)]
     return [
         ("stage1", stage1, ["-m", "train_vae", "--data", data + (",allpairs=1" if cfg.vae_pairs == "all" else ""),
-                            "--output-dir", str(stage1),
-                            "--preset", "cpu-f4", "--max-steps", str(cfg.vae_steps),
-                            "--batch-size", str(cfg.vae_batch_size), *STAGE1_RECIPE, *common]),
+                            "--output-dir", str(stage1), "--max-steps", str(cfg.vae_steps),
+                            *_given("--batch-size", cfg.vae_batch_size), *common]),
         ("stage2", stage2, ["-m", "train_ldm", "--data", data, "--vae", str(stage1 / "vae"),
-                            "--output-dir", str(stage2), "--preset", cfg.unet_preset,
-                            "--max-steps", str(cfg.ldm_steps), "--batch-size", str(cfg.ldm_batch_size),
-                            "--data-size", str(cfg.ldm_data_size),
-                            "--norm-num-groups", str(cfg.unet_norm_groups),
-                            "--text-preset", text_preset(cfg.objects), *STAGE2_RECIPE,
-                            *([] if cfg.simple else FULL_DATA_RECIPE), *common]),
+                            "--output-dir", str(stage2), "--max-steps", str(cfg.ldm_steps),
+                            "--data-size", str(cfg.ldm_data_size), *_given("--batch-size", cfg.ldm_batch_size),
+                            *common]),
         ("eval", evaluation, ["-m", "pipelines.evaluate", "--model", str(stage2), "--out", str(evaluation),
                               "--weights", cfg.eval_weights, "--seeds-per-prompt", str(cfg.eval_seeds),
                               "--prompts-per-split", str(cfg.eval_prompts),

@@ -38,6 +38,7 @@ from ldm.latent_cache import vae_weights_hash
 from ldm.latent_shards import CACHE_DTYPES, TRAINING_CACHE_DIR, ShardedLatentCache
 from ldm.lora import (DEFAULT_UNET_TARGETS, FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME,
                       TEXT_ENCODER_TARGETS, adapter_state_dict, add_lora, resolve_targets, save_lora)
+from ldm import recipe
 from ldm.objective import make_noise_scheduler
 from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
@@ -92,7 +93,7 @@ class TrainConfig:
     text_preset: str = option("tiny", "from-scratch text encoder size", choices=sorted(TEXT_ENCODER_PRESETS))
     tokenizer_vocab_size: int = option(1024, "from-scratch BPE vocabulary size (>= 515)")
     # U-Net: exactly one of preset / config / pretrained.
-    preset: str | None = option(None, "U-Net preset (default cpu-small)", choices=sorted(UNET_PRESETS))
+    preset: str | None = option(None, f"U-Net preset (default {recipe.UNET_PRESET})", choices=sorted(UNET_PRESETS))
     config: str | None = option(None, "U-Net config JSON (UNet2DConditionModel arguments)")
     pretrained: str | None = option(None, "fine-tune the unet/ of this pipeline folder")
     norm_num_groups: int | None = option(None, "GroupNorm groups of a new U-Net (default: the preset's or "
@@ -107,13 +108,17 @@ class TrainConfig:
     lora_format: str = option("diffusers", "adapter file layout; kohya also writes "
                               f"OUT/{KOHYA_WEIGHTS_NAME} for AUTOMATIC1111 / ComfyUI", choices=FORMATS)
     # Objective (ldm.objective).
-    prediction_type: str = option("epsilon", "what the U-Net predicts", choices=("epsilon", "v_prediction"))
-    beta_schedule: str = option("linear", "noise schedule (DDPM linear 1e-4..0.02)",
-                                choices=("linear", "scaled_linear", "cosine"))
-    num_train_timesteps: int = option(1000, "T, the number of diffusion steps")
-    min_snr_gamma: float | None = option(None, "min-SNR-γ loss weighting, e.g. 5 (arXiv:2303.09556)")
-    snr_floor: float | None = option(None, "lower bound on the x0-space loss weight (1: truncated SNR), so "
-                                           "high-noise steps keep weight under min-SNR")
+    # Options left unset are chosen by ldm.recipe (logged one line each, saved in train_config.json).
+    prediction_type: str | None = option(None, "what the U-Net predicts (default: v_prediction from scratch, the "
+                                               "base's with --pretrained)", choices=("epsilon", "v_prediction"))
+    beta_schedule: str | None = option(None, "noise schedule (default: DDPM linear 1e-4..0.02 from scratch, the "
+                                             "base's with --pretrained)",
+                                       choices=("linear", "scaled_linear", "cosine"))
+    num_train_timesteps: int | None = option(None, "T, the number of diffusion steps (default: 1000, or the base's)")
+    min_snr_gamma: float | None = option(None, "min-SNR-γ loss weighting (arXiv:2303.09556; default 5, 0 turns it "
+                                               "off)")
+    snr_floor: float | None = option(None, "lower bound on the x0-space loss weight under min-SNR, so high-noise "
+                                           "steps keep weight (1: truncated SNR; default 0.1 from scratch, 0 off)")
     offset_noise: float = option(0.0, "offset-noise strength, e.g. 0.1 (Guttenberg 2023, crosslabs.org)")
     zero_terminal_snr: bool = option(False, "rescale betas to zero terminal SNR (arXiv:2305.08891)")
     cond_dropout: float = option(0.1, "probability of replacing a caption by the empty prompt (for guidance)")
@@ -121,10 +126,14 @@ class TrainConfig:
                                               "that every word carries its own meaning (e.g. 0.15)")
     # Optimisation.
     max_steps: int = option(2000, "optimizer steps")
-    batch_size: int = option(32, "images per process per micro-step")
+    batch_size: int | None = option(None, "images per process per micro-step (default 64 from scratch, 4 with "
+                                          "--pretrained)")
     grad_accum: int = option(1, "micro-steps per optimizer step")
-    lr: float = option(2e-4, "AdamW learning rate (U-Net and trainable text encoder)")
-    lr_schedule: str = option("constant", "learning-rate schedule after warm-up", choices=LR_SCHEDULES)
+    lr: float | None = option(None, "AdamW learning rate of the U-Net and a trainable text encoder (default: 1e-3 "
+                                    "from scratch with a CPU preset, 1e-4 larger, 1e-5 fine-tuning, 1e-4 LoRA)")
+    text_encoder_lr: float | None = option(None, "learning rate of a trained text encoder (kohya's "
+                                                 "text_encoder_lr; default: --lr)")
+    lr_schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=LR_SCHEDULES)
     warmup_steps: int = option(100, "linear learning-rate warm-up steps")
     weight_decay: float = option(1e-2, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
@@ -134,9 +143,10 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "trade compute for memory in the U-Net")
     attention: str = option("auto", "U-Net attention kernel: auto (xformers on CUDA when installed, else "
                             "PyTorch SDPA), sdpa, xformers", choices=ATTENTION_BACKENDS)
-    ema: bool = option(False, "keep an EMA of the trained weights (U-Net, and the text encoder when it trains); "
-                              "used for validation and the saved model")
-    ema_decay: float = option(0.9999, "EMA decay")
+    ema: bool | None = option(None, "keep an EMA of the trained weights (U-Net, and the text encoder when it "
+                                    "trains), used for validation and the saved model (default: on, off for LoRA)")
+    ema_decay: float | None = option(None, "EMA decay (default: a window of ~40%% of --max-steps, in "
+                                           "[0.99, 0.9999])")
     # Bookkeeping.
     checkpoint_every: int = option(500, "save a resumable checkpoint every N steps (0: only at the end)")
     resume: str | None = option(None, "'latest' or a checkpoint folder to resume from")
@@ -156,10 +166,14 @@ class TrainConfig:
         chosen = [name for name in ("preset", "config", "pretrained") if getattr(self, name)]
         if len(chosen) > 1:
             raise ValueError(f"give one of --preset, --config, --pretrained, not {', '.join(chosen)}.")
+        self._choices: list[recipe.Choice] = []
         if not chosen:
-            self.preset = "cpu-small"
+            self.preset = recipe.UNET_PRESET
+            self._choices.append(recipe.Choice("preset", self.preset, "measured most adherence per minute on 2 "
+                                                                      "CPU cores (pass --preset for a GPU)"))
         if self.pretrained and not self.text_encoder:
             self.text_encoder = self.pretrained  # the U-Net's cross-attention expects that pipeline's encoder
+        self._choices += recipe.fill(self, recipe.stage2_rules(self, self._base_scheduler()))
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"--cond-dropout must be in [0, 1], got {self.cond_dropout}.")
         if self.norm_num_groups is not None and (self.norm_num_groups < 1 or self.pretrained):
@@ -175,12 +189,16 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}.")
-        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
-            raise ValueError(f"--min-snr-gamma must be positive, got {self.min_snr_gamma}.")
-        if self.snr_floor is not None and not 0 < self.snr_floor <= (self.min_snr_gamma or float("inf")):
-            raise ValueError(f"--snr-floor must be positive and at most --min-snr-gamma, got {self.snr_floor}.")
+        if self.lr <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
+            raise ValueError(f"--lr and --text-encoder-lr must be positive, got {self.lr} and "
+                             f"{self.text_encoder_lr}.")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"--min-snr-gamma must be positive (0: off), got {self.min_snr_gamma}.")
+        if self.snr_floor < 0 or (self.snr_floor > 0 and not 0 < self.snr_floor <= self.min_snr_gamma):
+            raise ValueError(f"--snr-floor must be at most --min-snr-gamma {self.min_snr_gamma:g} and needs it on "
+                             f"(0: off), got {self.snr_floor}.")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
         check_attention(self.attention, "cuda" if torch.cuda.is_available() else "cpu")
         self._check_lora()
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
@@ -204,12 +222,26 @@ class TrainConfig:
             raise ValueError("--lora-text-encoder: this text encoder has no transformer layers to adapt (preset "
                              "'embeddings'); each word piece reaches the U-Net's cross-attention as it is, so "
                              "the U-Net adapter alone learns new words.")
-        scheduler_file = Path(self.pretrained) / "scheduler" / "scheduler_config.json"
-        base = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+        base = self._base_scheduler()
         for name in ("prediction_type", "beta_schedule", "num_train_timesteps"):
             if name in base and base[name] != getattr(self, name):  # an adapter must learn the base's objective
                 raise ValueError(f"the base {self.pretrained} was trained with {name} {base[name]}; pass "
                                  f"--{name.replace('_', '-')} {base[name]} (got {getattr(self, name)}).")
+
+    def _base_scheduler(self) -> dict:
+        """The --pretrained model's scheduler config ({} from scratch or when it has none)."""
+        path = Path(self.pretrained) / "scheduler" / "scheduler_config.json" if self.pretrained else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}).") from None
+
+    @property
+    def chosen_defaults(self) -> list[recipe.Choice]:
+        """The options ldm.recipe filled in, with why."""
+        return self._choices
 
     @property
     def bucket_spec(self) -> BucketSpec | None:
@@ -303,8 +335,9 @@ def bucket_batches(cache: ShardedLatentCache, *, unet, vae_factor: int, global_b
     return BucketBatches(items, global_batch_size=global_batch_size, seed=seed)
 
 
-def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits: ~4x less memory)."""
+def make_optimizer(parameters: list, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits: ~4x less memory); `parameters` are
+    tensors or param groups."""
     if not config.use_8bit_adam:
         return make_adamw(parameters, lr=config.lr, weight_decay=config.weight_decay)
     import bitsandbytes as bnb  # optional dependency; TrainConfig checked that it is installed
@@ -357,6 +390,8 @@ def train(config: TrainConfig) -> Path:
                                    seed=config.seed, project_name="train_ldm")
     if accelerator.is_main_process:
         save_config(config, output_dir / CONFIG_FILE)
+        for choice in config.chosen_defaults:
+            logger.info("default %s", choice.line())
 
     # Frozen VAE → on-disk latent cache (every process encodes its share), or one built by `ldm-data cache`.
     vae = build_vae(pretrained=config.vae).to(accelerator.device).requires_grad_(False).eval()
@@ -388,9 +423,11 @@ def train(config: TrainConfig) -> Path:
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
     # the null prompt), so its gradients are averaged by hand.
-    parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
-    parameters = [p for p in parameters if p.requires_grad]  # under LoRA: the adapters only
-    optimizer = make_optimizer(parameters, config)
+    unet_parameters = [p for p in unet.parameters() if p.requires_grad]  # under LoRA: the adapters only
+    text_parameters = [p for p in text_encoder.parameters() if p.requires_grad] if train_text else []
+    parameters = unet_parameters + text_parameters
+    optimizer = make_optimizer([{"params": unet_parameters}] + ([{"params": text_parameters, "lr": config.text_encoder_lr
+                                                                  or config.lr}] if text_parameters else []), config)
     lr_scheduler = make_lr_scheduler(optimizer, name=config.lr_schedule, warmup_steps=config.warmup_steps,
                                      max_steps=config.max_steps, accelerator=accelerator)
     unet, optimizer = accelerator.prepare(unet, optimizer)
@@ -426,7 +463,7 @@ def train(config: TrainConfig) -> Path:
                                device=accelerator.device, scaling_factor=vae.config.scaling_factor,
                                cond_dropout=config.cond_dropout, caption_word_dropout=config.caption_word_dropout,
                                max_words=max_words, offset_noise=config.offset_noise,
-                               min_snr_gamma=config.min_snr_gamma, snr_floor=config.snr_floor)
+                               min_snr_gamma=config.min_snr_gamma or None, snr_floor=config.snr_floor or None)
 
     # Training loop. Closing the progress bar also on errors puts an error message on a line of its own.
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum

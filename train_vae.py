@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from autoencoder import VAE_PRESETS, AutoencoderLoss, PatchDiscriminator, build_vae, load_lpips
 from autoencoder import measure_scaling_factor, psnr, ssim
+from ldm import recipe
 from ldm.data import open_dataset
 from ldm.data.transforms import to_pil
 from ldm.grid import make_grid
@@ -37,6 +38,7 @@ logger = logging.getLogger("train_vae")
 DEFAULT_PRESET = "cpu-f4"  # used when none of --preset / --config / --pretrained is given
 CONFIG_FILE = "train_config.json"  # the same name as train_ldm.py's
 SAMPLE_IMAGES = 8  # held-out images in each reconstruction grid
+VAL_IMAGES = 256  # held-out images for validation metrics, when the data allows
 
 
 @dataclass
@@ -51,9 +53,9 @@ class TrainVAEConfig:
     pretrained: Optional[str] = option(None, "diffusers VAE folder (or pipeline folder) to fine-tune")
     resolution: int = option(32, "training and validation image size in pixels")
     max_steps: int = option(2000, "optimizer steps in total (a resumed run continues up to this)")
-    batch_size: int = option(32, "images per process per micro-batch")
-    lr: float = option(1e-3, "AdamW learning rate of VAE and discriminator (1e-3 trains cpu-f4 from scratch; "
-                             "use ~1e-5 to fine-tune)")
+    batch_size: int = option(16, "images per process per micro-batch (16: the most PSNR per second measured)")
+    lr: Optional[float] = option(None, "AdamW learning rate of VAE and discriminator (default: 2e-3 from scratch, "
+                                       "1e-5 with --pretrained; ldm.recipe)")
     lr_schedule: str = option("cosine", "learning-rate schedule", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear learning-rate warm-up steps")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -61,7 +63,8 @@ class TrainVAEConfig:
     ema: bool = option(False, "keep an EMA of the VAE weights; validate, sample and save it")
     ema_decay: float = option(0.999, "EMA decay (with diffusers' warm-up ramp)")
     kl_weight: float = option(1e-6, "KL weight (LDM paper: 1e-6)")
-    rec_loss: str = option("l1", "pixel reconstruction loss", choices=["l1", "l2"])
+    rec_loss: str = option("l2", "pixel reconstruction loss (l2 measured better than the LDM paper's l1 here: "
+                                 "README, stage 1)", choices=["l1", "l2"])
     lpips_vgg: Optional[str] = option(None, "torchvision VGG16 state dict, for the LPIPS loss and metric")
     lpips_heads: Optional[str] = option(None, "LPIPS v0.1 linear-heads file (vgg.pth)")
     disc_start: int = option(50001, "step at which the PatchGAN loss switches on (CompVis KL configs: 50001)")
@@ -70,7 +73,8 @@ class TrainVAEConfig:
     keep_checkpoints: int = option(2, "newest checkpoints to keep")
     sample_every: int = option(500, "write a reconstruction grid every N steps (0: only at the end)")
     val_every: int = option(500, "held-out PSNR / SSIM metrics every N steps (0: only at the end)")
-    val_images: int = option(256, "held-out images used for validation")
+    val_images: Optional[int] = option(None, f"held-out images used for validation (default {VAL_IMAGES}; a folder "
+                                             "without a test split holds out at most a tenth of its images)")
     scaling_images: int = option(512, "training images used to measure scaling_factor")
     num_workers: int = option(0, "DataLoader worker processes")
     resume: Optional[str] = option(None, "'latest' or a checkpoint folder to continue from")
@@ -84,14 +88,24 @@ class TrainVAEConfig:
         if (self.lpips_vgg is None) != (self.lpips_heads is None):
             raise ValueError("LPIPS needs both --lpips-vgg and --lpips-heads.")
         for name in ("resolution", "max_steps", "batch_size", "grad_accum", "val_images", "scaling_images"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         for name in ("checkpoint_every", "sample_every", "val_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: only at the end), "
                                  f"got {getattr(self, name)}.")
+        self._choices: list[recipe.Choice] = []
         if self.preset is None and self.config is None and self.pretrained is None:
             self.preset = DEFAULT_PRESET
+            self._choices.append(recipe.Choice("preset", self.preset, "the VAE the shapes and emoji runs measured"))
+        self._choices += recipe.fill(self, recipe.stage1_rules(self))
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}.")
+
+    @property
+    def chosen_defaults(self) -> list[recipe.Choice]:
+        """The options ldm.recipe filled in, with why."""
+        return self._choices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +124,8 @@ def train(config: TrainVAEConfig) -> None:
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if accelerator.is_main_process:
         save_config(config, out / CONFIG_FILE)
+        for choice in config.chosen_defaults:
+            logger.info("default %s", choice.line())
 
     # --- data: center crops, no flips, so item i is the same image whenever it is read (exact resume)
     train_set, val_set = open_splits(config.data, resolution=config.resolution, val_images=config.val_images,
@@ -225,8 +241,9 @@ def accumulate_gradients(vae, loss_fn: AutoencoderLoss, pixel_values: torch.Tens
     return {**logs, **d_logs}
 
 
-def open_splits(source: str, *, resolution: int, val_images: int, seed: int) -> tuple[Dataset, Dataset]:
-    """(train, validation): the source's "test" split, or else its last `val_images` items held out."""
+def open_splits(source: str, *, resolution: int, val_images: int | None, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, validation): the source's "test" split, or else its last `val_images` items held out (None: up to
+    VAL_IMAGES, at most a tenth of the items, so that a small folder trains by default)."""
     train_set = open_dataset(source, resolution=resolution, split="train", seed=seed)
     if isinstance(train_set, IterableDataset):
         raise ValueError(f"{source} streams (tar shards); train_vae.py needs an indexable source "
@@ -234,6 +251,8 @@ def open_splits(source: str, *, resolution: int, val_images: int, seed: int) -> 
     try:
         val_set = open_dataset(source, resolution=resolution, split="test", seed=seed)
     except ValueError:  # folders have no splits
+        if val_images is None:
+            val_images = max(1, min(VAL_IMAGES, len(train_set) // 10))
         if len(train_set) <= val_images:
             raise ValueError(f"{source} has {len(train_set)} images, too few to hold out {val_images} "
                              "for validation; lower --val-images.") from None
@@ -242,7 +261,7 @@ def open_splits(source: str, *, resolution: int, val_images: int, seed: int) -> 
         return Subset(train_set, range(cut)), Subset(train_set, range(cut, len(train_set)))
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{source} gave no usable images for training or validation.")
-    return train_set, Subset(val_set, range(min(val_images, len(val_set))))
+    return train_set, Subset(val_set, range(min(val_images or VAL_IMAGES, len(val_set))))
 
 
 @torch.no_grad()

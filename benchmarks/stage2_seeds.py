@@ -1,14 +1,14 @@
 """How steady is a stage-2 recipe? Train it with several seeds on one stage-1 VAE and evaluate every run.
 
     python benchmarks/stage2_seeds.py --vae runs/quickstart/stage1/vae --work runs/seeds --seeds 0,1,2,3 \
-        --variant "quickstart=" --variant "no floor=--snr-floor off" --parallel 1
+        --variant "quickstart=" --variant "no floor=--snr-floor 0" --parallel 1
 
 Each run is the quickstart's own stage-2 command (`quickstart.stage_commands`, full data) with `--seed` and the
 variant's changes, on the given VAE, then the quickstart's `ldm-eval` command. A change `--flag value` replaces
-the quickstart's value (or adds the flag), `--flag off` removes it. It prints, per variant and seed, the best
-w's held-out and seen adherence and how often the position was right, then each variant's mean and worst
-seed, and writes them to `<work>/seeds.json`. Runs that finished are reused; `--parallel` runs that many at
-once (on a GPU; on a CPU, one at a time with every core is faster).
+the quickstart's value (or adds the flag), `--flag off` removes it (the trainer's default then applies). It
+prints, per variant and seed, the best w's held-out and seen adherence and how often the position was right,
+then each variant's mean and worst seed, and writes them to `<work>/seeds.json`. Runs that finished are
+reused; `--parallel` runs that many at once (on a GPU; on a CPU, one at a time with every core is faster).
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the runs and seeds.json")
     parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated stage-2 seeds")
     parser.add_argument("--variant", action="append", default=None,
-                        help="NAME=CHANGES, e.g. 'no floor=--snr-floor off' (repeatable; default: the quickstart)")
+                        help="NAME=CHANGES, e.g. 'no floor=--snr-floor 0' (repeatable; default: the quickstart)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     args = parser.parse_args()
     try:

@@ -121,9 +121,14 @@ def parse_config(config_cls: type[ConfigT], argv: Sequence[str] | None = None, *
 
 
 def save_config(config, path: Path | str) -> None:
-    """Write a dataclass config as indented JSON (Path values become strings)."""
+    """Write a dataclass config as indented JSON (Path values become strings). A config with `chosen_defaults`
+    (`ldm.recipe.Choice`s) also saves why each of those values was chosen, under "chosen_defaults"."""
+    values = dataclasses.asdict(config)
+    chosen = getattr(config, "chosen_defaults", ())
+    if chosen:
+        values["chosen_defaults"] = {choice.name: choice.why for choice in chosen}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    Path(path).write_text(json.dumps(values, indent=2, default=str) + "\n")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -11,6 +11,8 @@ from interrupting import interrupt_when_training, last_line
 
 import quickstart
 import train_ldm
+import train_vae
+from ldm import recipe
 from ldm.cli import parse_config
 from pipelines import generate
 
@@ -79,11 +81,11 @@ def test_stage_commands_share_one_data_spec_and_object_count(tmp_path):
     assert commands["eval"][commands["eval"].index("--objects") + 1] == "2"
     assert commands["eval"][commands["eval"].index("--vae-data") + 1] == "shapes:objects=2"
     assert commands["stage2"][commands["stage2"].index("--vae") + 1] == str(tmp_path / "stage1" / "vae")
-    assert commands["stage2"][commands["stage2"].index("--preset") + 1] == cfg.unet_preset == "cpu-tiny"
-    # several objects need a text encoder with layers to bind attributes to objects; one object does not
-    assert commands["stage2"][commands["stage2"].index("--text-preset") + 1] == "tiny"
-    single = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path)), tmp_path)[1][2]
-    assert single[single.index("--text-preset") + 1] == "embeddings"
+    # the quickstart chooses its data and step counts, and nothing else: the trainers' defaults do the rest
+    flags = {name: {a for a in argv if a.startswith("--")} for name, argv in commands.items()}
+    assert flags["stage1"] == {"--data", "--output-dir", "--max-steps", "--resolution", "--seed"}
+    assert flags["stage2"] == {"--data", "--vae", "--output-dir", "--max-steps", "--data-size", "--resolution",
+                               "--seed"}
 
 
 def test_simple_variant_reaches_every_stage(tmp_path, capsys):
@@ -112,27 +114,28 @@ def test_each_variant_gets_its_measured_step_counts_unless_given(tmp_path, varia
     assert flag(commands["stage2"], "--data-size") == str(expected["ldm_data_size"])
     assert flag(commands["eval"], "--seeds-per-prompt") == str(expected["eval_seeds"])
     assert flag(commands["eval"], "--prompts-per-split") == str(expected["eval_prompts"])
-    assert flag(commands["stage2"], "--norm-num-groups") == str(expected["unet_norm_groups"])
     # stage 1 may see the held-out pairs (it has no captions); stage 2 and its evaluation never do
     assert flag(commands["stage1"], "--data").endswith(",allpairs=1")
     assert "allpairs" not in flag(commands["stage2"], "--data") + flag(commands["eval"], "--vae-data")
     seen_only = quickstart.stage_commands(
         parse_config(quickstart.QuickstartConfig, [*extra, "--vae-pairs", "seen"]), tmp_path)
     assert flag(seen_only[0][2], "--data") == flag(commands["stage2"], "--data")
-    given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9",
-                                                       "--unet-norm-groups", "4"])
+    given = parse_config(quickstart.QuickstartConfig, [*extra, "--vae-steps", "7", "--ldm-steps", "9"])
     commands = {name: argv for name, _, argv in quickstart.stage_commands(given, tmp_path)}
     assert flag(commands["stage1"], "--max-steps") == "7" and flag(commands["stage2"], "--max-steps") == "9"
-    assert flag(commands["stage2"], "--norm-num-groups") == "4"
 
 
-def test_snr_floor_and_cosine_decay_only_in_the_full_data_stage2(tmp_path):
-    def stage2_config(**kwargs):
-        argv = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path), **kwargs),
-                                         tmp_path)[1][2]
-        return parse_config(train_ldm.TrainConfig, argv[2:])  # drop "-m train_ldm"
+def test_both_variants_train_with_the_trainers_defaults(tmp_path):
+    def configs(**kwargs):
+        commands = quickstart.stage_commands(quickstart.QuickstartConfig(output_dir=str(tmp_path), **kwargs),
+                                             tmp_path)
+        return (parse_config(train_vae.TrainVAEConfig, commands[0][2][2:]),  # drop "-m train_vae"
+                parse_config(train_ldm.TrainConfig, commands[1][2][2:]))
 
-    full, simple = stage2_config(), stage2_config(simple=True)
-    assert (full.snr_floor, simple.snr_floor) == (0.1, None)
-    assert (full.lr_schedule, simple.lr_schedule) == ("cosine", "constant")
-    assert full.min_snr_gamma == simple.min_snr_gamma == 5
+    for vae, ldm in (configs(), configs(simple=True)):
+        assert (vae.lr, vae.rec_loss, vae.batch_size) == (recipe.VAE_SCRATCH_LR, "l2", 16)
+        assert (ldm.preset, ldm.prediction_type, ldm.lr, ldm.batch_size) == (
+            recipe.UNET_PRESET, recipe.SCRATCH_PREDICTION, recipe.SCRATCH_LR_SMALL, recipe.SCRATCH_BATCH)
+        assert (ldm.min_snr_gamma, ldm.snr_floor) == (recipe.MIN_SNR_GAMMA, recipe.SCRATCH_SNR_FLOOR)
+        assert ldm.ema and ldm.ema_decay == recipe.ema_decay_for(ldm.max_steps) and ldm.lr_schedule == "cosine"
+        assert {choice.name for choice in ldm.chosen_defaults} >= {"preset", "lr", "ema_decay", "snr_floor"}

@@ -1,4 +1,5 @@
 """benchmarks/stage2_seeds.py: the seed sweep changes the quickstart's own stage-2 command, nothing else."""
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -22,19 +23,20 @@ def _train_config(argv):
 def test_changes_replace_remove_and_add_flags_of_the_quickstart_command(tmp_path):
     vae = tmp_path / "my_vae"
     train, evaluation = stage2_seeds.run_commands(
-        vae, tmp_path / "run", 3, ["--snr-floor", "off", "--lr", "2e-3", "--zero-terminal-snr"])
+        vae, tmp_path / "run", 3, ["--snr-floor", "0", "--lr", "2e-3", "--zero-terminal-snr", "--seed", "off"])
     changed = _train_config(train)
 
     cfg = quickstart.QuickstartConfig(output_dir=str(tmp_path / "run"), seed=3)
     commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path / "run")}
     reference = _train_config(commands["stage2"])
 
-    assert reference.snr_floor is not None and changed.snr_floor is None
+    assert (reference.snr_floor, changed.snr_floor) == (0.1, 0)  # a value replaced, or added when not there
     assert (reference.lr, changed.lr) == (1e-3, 2e-3)
     assert not reference.zero_terminal_snr and changed.zero_terminal_snr
-    assert changed.vae == str(vae) and changed.seed == reference.seed == 3
-    differing = {k for k in vars(reference) if getattr(reference, k) != getattr(changed, k)}
-    assert differing == {"snr_floor", "lr", "zero_terminal_snr", "vae"}
+    assert changed.vae == str(vae) and (reference.seed, changed.seed) == (3, 0)  # "off" removed the flag
+    differing = {f.name for f in dataclasses.fields(reference)
+                 if getattr(reference, f.name) != getattr(changed, f.name)}
+    assert differing == {"snr_floor", "lr", "zero_terminal_snr", "vae", "seed"}
     assert evaluation == commands["eval"]
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import train_ldm
 from ldm.data import cli as data_cli
 from launching import launch_two_processes
+from resuming import cut_back_to
 from interrupting import interrupt_when_training, last_line
 from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -53,12 +54,12 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_resume_is_exact(parts, tmp_path):
-    """N steps + resume + N steps == 2N steps, bit for bit (U-Net, from-scratch text encoder, EMA)."""
-    common = ("--ema", "--ema-decay", "0.9", "--checkpoint-every", "2")
-    assert train_ldm.main(_args(parts, tmp_path / "straight", "--max-steps", "4", *common)) == 0
-    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    resumed = _args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)
-    assert train_ldm.main(resumed) == 0
+    """Stopped after step N of 2N + resume == 2N steps, bit for bit (U-Net, from-scratch text encoder, EMA,
+    the default cosine schedule)."""
+    common = ("--ema", "--ema-decay", "0.9", "--checkpoint-every", "2", "--max-steps", "4")
+    assert train_ldm.main(_args(parts, tmp_path / "straight", *common)) == 0
+    cut_back_to(tmp_path / "straight", 2, tmp_path / "split")
+    assert train_ldm.main(_args(parts, tmp_path / "split", "--resume", "latest", *common)) == 0
     # Training did move the weights away from the initial ones.
     initial = {k: v for k, v in tiny_unet().state_dict().items()}
     assert any(not torch.equal(initial[k], v) for k, v in _weights(tmp_path / "straight").items())
@@ -152,8 +153,8 @@ def _mixed_aspect_folder(folder):
 
 
 def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp_path, caplog):
-    """A folder of wide, tall and square images trains in three buckets, each batch from one; N + resume + N
-    steps is 2N steps bit for bit; the saved pipeline samples at every bucket's size."""
+    """A folder of wide, tall and square images trains in three buckets, each batch from one; stopped after N
+    of 2N steps and resumed, it ends bit for bit as 2N straight steps; the saved pipeline samples at every bucket's size."""
     data = _mixed_aspect_folder(tmp_path / "data")
     common = ["--buckets", "--batch-size", "2", "--checkpoint-every", "2"]
 
@@ -164,7 +165,9 @@ def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp
     with caplog.at_level(logging.INFO, logger="train_ldm"):
         assert train_ldm.main(args(tmp_path / "straight", 4)) == 0
     assert "images per bucket (width x height px): 24x40: 2, 32x32: 2, 40x24: 2" in caplog.text
-    assert train_ldm.main(args(tmp_path / "split", 2)) == 0
+    # every default the run chose is one log line with its reason; a given flag is not among them
+    assert "default prediction_type = v_prediction: from scratch" in caplog.text and "default lr" not in caplog.text
+    cut_back_to(tmp_path / "straight", 2, tmp_path / "split")
     assert train_ldm.main(args(tmp_path / "split", 4, "--resume", "latest")) == 0
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "split"), local_files_only=True,
                                                    safety_checker=None)
@@ -178,11 +181,10 @@ def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp
 
 
 def test_caption_word_dropout_trains_and_resumes_exactly(parts, tmp_path):
-    common = ("--caption-word-dropout", "0.3", "--checkpoint-every", "2")
-    assert train_ldm.main(_args(parts, tmp_path / "straight", "--max-steps", "4", *common)) == 0
-    assert train_ldm.main(_args(parts, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    resumed = _args(parts, tmp_path / "split", "--max-steps", "4", "--resume", "latest", *common)
-    assert train_ldm.main(resumed) == 0
+    common = ("--caption-word-dropout", "0.3", "--checkpoint-every", "2", "--max-steps", "4")
+    assert train_ldm.main(_args(parts, tmp_path / "straight", *common)) == 0
+    cut_back_to(tmp_path / "straight", 2, tmp_path / "split")
+    assert train_ldm.main(_args(parts, tmp_path / "split", "--resume", "latest", *common)) == 0
     assert train_ldm.main(_args(parts, tmp_path / "plain", "--max-steps", "4", "--checkpoint-every", "2")) == 0
     skip_bitwise_comparison_on_cuda()
     straight, split, plain = (_weights(tmp_path / name) for name in ("straight", "split", "plain"))
@@ -229,7 +231,8 @@ def test_bad_vae_path_is_a_one_line_error(parts, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, word", [(("--min-snr-gamma", "5", "--snr-floor", "6"), "--snr-floor"),
-                                         (("--snr-floor", "0"), "--snr-floor"),
+                                         (("--snr-floor", "-1"), "--snr-floor"),
+                                         (("--min-snr-gamma", "0", "--snr-floor", "0.1"), "--snr-floor"),
                                          (("--min-snr-gamma", "-1"), "--min-snr-gamma"),
                                          (("--caption-word-dropout", "1"), "--caption-word-dropout"),
                                          (("--norm-num-groups", "0"), "--norm-num-groups"),

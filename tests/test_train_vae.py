@@ -202,3 +202,15 @@ def test_model_without_gradients_is_not_stepped_under_a_grad_scaler(tmp_path):
     train_vae.step_optimizers([(trained, optimizers[0]), (idle, optimizers[1])], accelerator)
     torch.testing.assert_close(trained.weight.detach(), expected)
     assert torch.equal(idle.weight, idle_before) and trained.weight.grad is None
+
+
+def test_a_small_folder_holds_out_a_tenth_by_default_and_a_given_count_is_checked(tmp_path):
+    from PIL import Image
+    for index in range(30):
+        Image.new("RGB", (32, 32), (8 * index, 0, 0)).save(tmp_path / f"{index:02d}.png")
+        (tmp_path / f"{index:02d}.txt").write_text("a red square")
+    train, val = train_vae.open_splits(str(tmp_path), resolution=32, val_images=None, seed=0)
+    assert (len(train), len(val)) == (27, 3)
+    assert set(train.indices).isdisjoint(val.indices)
+    with pytest.raises(ValueError, match="too few to hold out 30"):
+        train_vae.open_splits(str(tmp_path), resolution=32, val_images=30, seed=0)
