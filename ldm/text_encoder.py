@@ -4,13 +4,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
 # Architecture presets for a from-scratch CLIPTextModel; vocabulary and length come from the tokenizer.
 TEXT_ENCODER_PRESETS: dict[str, dict] = {
-    # ~1 M parameters besides the embedding: enough for the built-in shapes/emoji captions on a CPU.
+    # ~1 M parameters besides the embedding: enough for the built-in shapes/emoji captions on a CPU; the
+    # from-scratch default, as its layers can bind words to one of several objects (`init_from_scratch`).
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512),
     # No transformer layers: token + position embeddings and the final layer norm. Every word keeps its own
     # vector whatever its neighbours, so a new pairing of known words ("a green square" when only green circles
@@ -22,6 +24,7 @@ TEXT_ENCODER_PRESETS: dict[str, dict] = {
     "clip-vit-l": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                        projection_dim=768, hidden_act="quick_gelu"),
 }
+EMBEDDING_STD = 1.0  # from-scratch token and position embeddings: unit scale, as the residual branches' outputs
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))  # either set makes a CLIPTokenizer
 
 
@@ -41,7 +44,38 @@ def build_text_encoder(*, tokenizer: CLIPTokenizer, preset: str) -> CLIPTextMode
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **TEXT_ENCODER_PRESETS[preset],
     )
-    return CLIPTextModel(config)
+    model = CLIPTextModel(config)
+    init_from_scratch(model)
+    return model
+
+
+@torch.no_grad()
+def init_from_scratch(model: CLIPTextModel) -> None:
+    """Initialise a new encoder with layers so that every word reaches the U-Net as itself: unit-scale token and
+    position embeddings (EMBEDDING_STD), and every attention and MLP block's last projection zeroed, so each layer
+    starts as the identity and the encoder as its embeddings under the final norm (the `embeddings` preset,
+    which keeps CLIP's own initialisation).
+
+    Why: CLIP's initialisation (token embeddings of std 0.02, meant for pretrained weights) makes each residual
+    branch's output about 50x the embeddings (hidden 128: a normed input times out_proj's std 128^-0.5 over 128
+    inputs), so a fresh encoder hands the U-Net, at every position, mostly a blend of the words before it.
+    Trained jointly on the one-object shapes (2,400 steps, same VAE and data, one run each): CLIP's init read
+    13% held-out (position right 19% of the time, colour 97%); zeroed branches alone 1% (shape and position
+    words changed the encoding by 11% and 1.5%, colour by 65%: the branches still outgrew 0.02-scale words);
+    zeroed branches with unit embeddings 89% held-out and 97% seen at the best w, against 93% and 95% for the
+    `embeddings` preset. Unit embeddings follow the Transformer's sqrt(d) embedding scale (Vaswani et al. 2017,
+    arXiv:1706.03762, 3.4); zero-initialised residual branches are Fixup's and ReZero's (arXiv:1901.09321,
+    arXiv:2003.04887). Stock loading is unaffected: this is an initialisation, not an architecture.
+    """
+    if not model.encoder.layers:  # nothing for the words to compete with; keep the `embeddings` preset as measured
+        return
+    model.embeddings.token_embedding.weight.normal_(0.0, EMBEDDING_STD)
+    model.embeddings.position_embedding.weight.normal_(0.0, EMBEDDING_STD)
+    for layer in model.encoder.layers:
+        layer.self_attn.out_proj.weight.zero_()
+        layer.self_attn.out_proj.bias.zero_()
+        layer.mlp.fc2.weight.zero_()
+        layer.mlp.fc2.bias.zero_()
 
 
 def _locate_parts(path: Path) -> tuple[Path, Path]:

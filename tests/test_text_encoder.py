@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_components import TINY_MAX_LENGTH, tiny_tokenizer, write_tiny_tokenizer
 
-from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
+from ldm.text_encoder import EMBEDDING_STD, TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
 from ldm.tokenizer import bytes_to_unicode, clip_tokenizer_from_openai_bpe
 
 
@@ -52,21 +52,54 @@ def _token_states(text_encoder, tokenizer, prompt):
         return ids[0], text_encoder(ids).last_hidden_state[0]
 
 
-@pytest.mark.parametrize("preset, independent", [("embeddings", True), ("tiny", False)])
-def test_embeddings_preset_keeps_each_word_independent_of_its_neighbours(tokenizer, preset, independent):
-    text_encoder = build_text_encoder(tokenizer=tokenizer, preset=preset).eval()
+def _independent_of_neighbours(text_encoder, tokenizer) -> bool:
+    """Whether "square" and the tokens after it get the same states after "a red" as after "a blue"."""
     ids_a, states_a = _token_states(text_encoder, tokenizer, "a red square")
     ids_b, states_b = _token_states(text_encoder, tokenizer, "a blue square")
     differs = (ids_a != ids_b).nonzero().flatten().tolist()
     assert len(differs) == 1  # only the colour token differs, at the same position
     later = slice(differs[0] + 1, None)  # "square" and everything after it
-    assert torch.equal(states_a[later], states_b[later]) == independent
-    # with no layers, a state is layer_norm(token embedding + position embedding), computed independently
-    if independent:
-        embeddings = text_encoder.embeddings
-        expected = text_encoder.final_layer_norm(
-            embeddings.token_embedding(ids_a) + embeddings.position_embedding.weight[: len(ids_a)])
-        torch.testing.assert_close(states_a, expected)
+    return torch.equal(states_a[later], states_b[later])
+
+
+def _embedding_formula(text_encoder, tokenizer, prompt):
+    """layer_norm(token embedding + position embedding): each token on its own."""
+    ids, _ = _token_states(text_encoder, tokenizer, prompt)
+    embeddings = text_encoder.embeddings
+    with torch.no_grad():
+        return text_encoder.final_layer_norm(
+            embeddings.token_embedding(ids) + embeddings.position_embedding.weight[: len(ids)])
+
+
+@pytest.mark.parametrize("preset", ["embeddings", "tiny", "small"])
+def test_a_new_encoder_starts_with_each_word_on_its_own(tokenizer, preset):
+    """Zero-initialised residual branches: every fresh encoder computes the embeddings formula exactly, and
+    with no layers (`embeddings`) it always will; with layers, its words are unit-scale, as the branches' outputs
+    will be, and with none they keep CLIP's own 0.02."""
+    text_encoder = build_text_encoder(tokenizer=tokenizer, preset=preset).eval()
+    assert _independent_of_neighbours(text_encoder, tokenizer)
+    _, states = _token_states(text_encoder, tokenizer, "a red square")
+    torch.testing.assert_close(states, _embedding_formula(text_encoder, tokenizer, "a red square"))
+    std = text_encoder.embeddings.token_embedding.weight.std().item()
+    assert std == pytest.approx(0.02 if preset == "embeddings" else EMBEDDING_STD, rel=0.1)
+
+
+def test_layers_learn_to_mix_words_from_the_zero_start(tokenizer):
+    """Gradients reach the zeroed projections: after a few steps that reward "square" for knowing its
+    colour, the tiny encoder's "square" differs between "a red square" and "a blue square"."""
+    text_encoder = build_text_encoder(tokenizer=tokenizer, preset="tiny").train()
+    optimizer = torch.optim.Adam(text_encoder.parameters(), lr=1e-2)
+    ids = tokenizer(["a red square", "a blue square"], padding="max_length", max_length=TINY_MAX_LENGTH,
+                    return_tensors="pt").input_ids
+    square = (ids[0] != ids[1]).nonzero().flatten().item() + 1
+    probe = torch.randn(text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):  # "square" should say +1 after red and -1 after blue along the probe
+        states = text_encoder(ids).last_hidden_state[:, square]
+        loss = (states @ probe - torch.tensor([1.0, -1.0])).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not _independent_of_neighbours(text_encoder.eval(), tokenizer)
 
 
 def test_unknown_preset_is_one_line_error(tokenizer):
