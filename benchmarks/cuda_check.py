@@ -6,8 +6,8 @@ kernel, then sampling in every dtype against fp32 and against a stock diffusers 
 On one H100 a stage-1 run of 600 steps took 44-53 s and a stage-2 run of 1,200 steps 127 s (99 s of them training),
 so the defaults (600 steps each) should fit in about 7 minutes, inside one 10-minute device call.
 
-Stage 1 (train_vae.py, the quickstart's recipe) runs with --mixed-precision no / fp16 / bf16 and reports held-out
-PSNR. Stage 2 (train_ldm.py, the quickstart's recipe, on the fp32 VAE) runs with fp32 + SDPA, fp32 + xformers
+Stage 1 (train_vae.py with its defaults) runs with --mixed-precision no / fp16 / bf16 and reports held-out
+PSNR. Stage 2 (train_ldm.py with its defaults, on the fp32 VAE) runs with fp32 + SDPA, fp32 + xformers
 (when installed), fp16 and bf16, and reports a validation loss computed the same way for every run (fp32, fixed
 test-split latents, noise and timesteps). Sampling takes the fp32 stage-2 folder and reports, per dtype and
 kernel, seconds, pixel difference from fp32 SDPA and shapes-reader adherence, plus the pixel difference between
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-import quickstart
 import train_ldm
 from ldm.attention import set_attention, xformers_runs
 from ldm.conditioning import encode_prompt
@@ -62,7 +61,7 @@ def stage1(work: Path, steps: int, precisions: list[str]) -> dict[str, dict]:
     for precision in precisions if DEVICE == "cuda" else ("no", "bf16"):
         out = work / f"vae_{precision}"
         seconds = run(["train_vae", "--data", DATA, "--output-dir", str(out), "--preset", "cpu-f4",
-                       "--max-steps", str(steps), "--batch-size", "16", *quickstart.STAGE1_RECIPE,
+                       "--max-steps", str(steps), "--checkpoint-every", "500",  # the recipe: the defaults
                        "--val-every", str(steps), "--sample-every", str(steps), "--mixed-precision", precision],
                       work / f"vae_{precision}.log")
         metrics = json.loads((out / "metrics.json").read_text())
@@ -104,8 +103,7 @@ def stage2(work: Path, vae: Path, steps: int, *, with_xformers: bool) -> dict[st
         name = f"{precision}_{attention}"
         out = work / f"ldm_{name}"
         seconds = run(["train_ldm", "--data", DATA, "--vae", str(vae), "--output-dir", str(out),
-                       "--preset", "cpu-tiny", "--max-steps", str(steps), "--batch-size", "64",
-                       "--text-preset", quickstart.text_preset(1), *quickstart.STAGE2_RECIPE,
+                       "--max-steps", str(steps), "--checkpoint-every", "250",  # the recipe: the defaults
                        "--mixed-precision", precision, "--attention", attention], work / f"ldm_{name}.log")
         used = "xformers" if "attention: xformers" in (work / f"ldm_{name}.log").read_text() else "sdpa"
         rows[name] = {"seconds": seconds, "attention": used, "val_loss": validation_loss(out), "folder": str(out)}
