@@ -1,21 +1,17 @@
 """train_ldm.py --lora-rank: frozen base, adapter-only training, exact resume with EMA, files stock loads."""
 import pytest
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
-from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from tiny_components import skip_bitwise_comparison_on_cuda, tiny_pipeline_folder
 
 import train_ldm
 from ldm.lora import KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME
-from pipelines.folder import save_pipeline_folder
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    return save_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe", vae=tiny_vae(),
-                                text_encoder=tiny_text_encoder(tokenizer), tokenizer=tokenizer, unet=tiny_unet(),
-                                scheduler=DDPMScheduler())
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe")
 
 
 def _args(base, out, *extra):
