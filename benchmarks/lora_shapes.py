@@ -199,6 +199,7 @@ def parse_args(argv=None):
     parser.add_argument("--share", type=int, default=100, help="percent of training images that show the new "
                         "concept; the rest are the base's own scenes (prior preservation)")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lora-targets", default="attn", help="the LoRAs' --lora-targets, e.g. attn,conv")
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=5e-4)
     parser.add_argument("--prompts", type=int, default=24, help="prompts per novel set, at most")
@@ -223,7 +224,8 @@ def main(argv=None) -> dict:
     objective = objective_flags(args.base)
     # A text encoder without layers (the quickstart's) passes each word piece on as it is: the U-Net adapter
     # alone learns the new word; with layers, the text encoder gets an adapter too.
-    lora = ["--lora-rank", str(args.rank), "--lr", str(args.lora_lr), *objective] + (
+    lora = ["--lora-rank", str(args.rank), "--lora-targets", args.lora_targets, "--lr", str(args.lora_lr),
+            *objective] + (
         ["--lora-text-encoder"] if text_encoder_layers(args.base) else [])
     chosen = [name.strip() for name in args.models.split(",") if name.strip()] or list(MODELS)
     new_tokens = ["--lora-new-tokens", args.new_tokens] if args.new_tokens else []
