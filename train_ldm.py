@@ -39,6 +39,8 @@ from ldm.latent_shards import CACHE_DTYPES, TRAINING_CACHE_DIR, ShardedLatentCac
 from ldm.lora import (DEFAULT_UNET_TARGETS, FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME,
                       TEXT_ENCODER_TARGETS, adapter_state_dict, add_lora, resolve_targets, save_lora)
 from ldm import recipe
+from ldm.new_tokens import (NewTokenEmbedding, add_trainable_tokens, bundle_tensors, parse_new_tokens,
+                            save_sidecar, trained_vectors)
 from ldm.objective import make_noise_scheduler
 from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
@@ -107,6 +109,8 @@ class TrainConfig:
     lora_text_encoder: bool = option(False, "also adapt the text encoder (how a LoRA teaches a new word)")
     lora_format: str = option("diffusers", "adapter file layout; kohya also writes "
                               f"OUT/{KOHYA_WEIGHTS_NAME} for AUTOMATIC1111 / ComfyUI", choices=FORMATS)
+    lora_new_tokens: str = option("", "new words, comma-separated, each added to the tokenizer as one token "
+                                      "with a trained input embedding (pivotal tuning; ldm.new_tokens)")
     # Objective (ldm.objective).
     # Options left unset are chosen by ldm.recipe (logged one line each, saved in train_config.json).
     prediction_type: str | None = option(None, "what the U-Net predicts (default: v_prediction from scratch, the "
@@ -206,9 +210,10 @@ class TrainConfig:
 
     def _check_lora(self) -> None:
         if self.lora_rank is None:
-            if self.lora_text_encoder or self.lora_alpha is not None:
-                raise ValueError("--lora-alpha and --lora-text-encoder need --lora-rank.")
+            if self.lora_text_encoder or self.lora_alpha is not None or self.lora_new_tokens:
+                raise ValueError("--lora-alpha, --lora-text-encoder and --lora-new-tokens need --lora-rank.")
             return
+        parse_new_tokens(self.lora_new_tokens)
         if self.lora_rank < 1 or not self.pretrained:
             raise ValueError(f"--lora-rank must be at least 1 and needs --pretrained (the base to adapt), got "
                              f"{self.lora_rank}{'' if self.pretrained else ' without --pretrained'}.")
@@ -361,23 +366,34 @@ def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainC
     return grid
 
 
-def attach_adapters(config: TrainConfig, *, unet, text_encoder) -> bool:
-    """Freeze the base and add LoRA adapters (`ldm.lora.add_lora`); return whether the text encoder trains."""
+def attach_adapters(config: TrainConfig, *, unet, text_encoder, tokenizer) -> bool:
+    """Freeze the base and add LoRA adapters (`ldm.lora.add_lora`) and the new tokens' vectors
+    (`ldm.new_tokens`); return whether anything of the text encoder trains."""
     add_lora(unet, rank=config.lora_rank, alpha=config.lora_alpha,
              targets=resolve_targets(config.lora_targets.split(",")))
     if config.lora_text_encoder:
         add_lora(text_encoder, rank=config.lora_rank, alpha=config.lora_alpha, targets=TEXT_ENCODER_TARGETS)
-    text_encoder.train(config.lora_text_encoder)
-    return config.lora_text_encoder
+    words = parse_new_tokens(config.lora_new_tokens)
+    if words:
+        add_trainable_tokens(tokenizer, text_encoder, words)
+    trains = config.lora_text_encoder or bool(words)
+    text_encoder.train(trains)
+    return trains
 
 
-def save_adapters(config: TrainConfig, output_dir: Path, *, unet, text_encoder) -> None:
+def save_adapters(config: TrainConfig, output_dir: Path, *, unet, text_encoder, tokenizer) -> None:
     """OUT/pytorch_lora_weights.safetensors (diffusers' format), and the kohya layout when asked."""
     models = {"unet": unet, "text_encoder": text_encoder if config.lora_text_encoder else None}
     state_dict, metadata = adapter_state_dict(models)
+    embedding = text_encoder.get_input_embeddings()
+    vectors = trained_vectors(embedding, tokenizer) if isinstance(embedding, NewTokenEmbedding) else {}
     save_lora(output_dir / LORA_WEIGHTS_NAME, state_dict, metadata)
+    if vectors:  # stock load_lora_weights rejects non-LoRA keys: diffusers' pivotal-tuning sidecar file
+        logger.info("new-token vectors (%s) saved to %s", ", ".join(vectors),
+                    save_sidecar(output_dir / LORA_WEIGHTS_NAME, vectors))
     if config.lora_format == "kohya":
-        save_lora(output_dir / KOHYA_WEIGHTS_NAME, state_dict, metadata, lora_format="kohya")
+        save_lora(output_dir / KOHYA_WEIGHTS_NAME, state_dict, metadata, lora_format="kohya",
+                  extra=bundle_tensors(vectors))
     logger.info("LoRA adapter (%d tensors) saved to %s", len(state_dict), output_dir / LORA_WEIGHTS_NAME)
 
 
@@ -418,7 +434,7 @@ def train(config: TrainConfig) -> Path:
                                            num_train_timesteps=config.num_train_timesteps)
     sampler = make_scheduler(DEFAULT_SCHEDULER, noise_scheduler.config)  # same betas and prediction_type
     if config.lora_rank:
-        train_text = attach_adapters(config, unet=unet, text_encoder=text_encoder)
+        train_text = attach_adapters(config, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
     embedder = CaptionEmbedder(text_encoder, tokenizer, trainable=train_text, captions=cache.iter_captions())
 
     # Optimizer, EMA, checkpoints. The text encoder stays outside DDP (it runs twice per step: captions and
@@ -493,7 +509,7 @@ def train(config: TrainConfig) -> Path:
         with ema_weights(ema, trained):
             if config.lora_rank:
                 save_adapters(config, output_dir, unet=accelerator.unwrap_model(unet),
-                              text_encoder=text_encoder)
+                              text_encoder=text_encoder, tokenizer=tokenizer)
             else:
                 save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                      unet=accelerator.unwrap_model(unet), scheduler=sampler)

@@ -11,6 +11,8 @@ weight) on `shapes:objects=1,novelcolour=1` (pink on circles and squares only), 
 - both adapters at once on "pink diamond" prompts, a pair neither adapter saw;
 and prints a table with trainable parameters, file size, seconds per step and peak memory of each training.
 Everything goes to OUT (results.json, table.md, figure.png); `--reuse` skips trainings already done.
+`--new-tokens pink` gives the colour LoRA the word as a new token with a trained vector (`--lora-new-tokens`);
+`--models` trains and evaluates only the models named (the trainings they need).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ldm.eval.attributes import read_scene
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from ldm.lora import LORA_WEIGHTS_NAME
+from ldm.new_tokens import sidecar_path
 from pipelines.evaluate import build_prompt_set, sample_prompts, sample_seeds
 from pipelines.folder import load_pipeline
 from pipelines.lora import apply_loras
@@ -42,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = {"colour": "shapes:objects=1,novelcolour=1", "shape": "shapes:objects=1,novelshape=1"}
 
 
+MODELS = ("base", "lora_colour", "full_colour", "lora_shape", "lora_colour+shape")
 OBJECTIVE = ("prediction_type", "beta_schedule", "num_train_timesteps", "min_snr_gamma", "snr_floor",
              "offset_noise", "zero_terminal_snr")
 
@@ -164,9 +168,13 @@ def load(folder: str, loras=()):
 
 
 def sizes(folder: Path, *, lora: bool) -> dict:
-    """Trainable parameters and bytes on disk of what a run produced (adapter file or U-Net + text encoder)."""
-    files = [folder / LORA_WEIGHTS_NAME] if lora else [
-        folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors"]
+    """Trainable parameters and bytes on disk of what a run produced (adapter file and its new-token vectors,
+    or U-Net + text encoder)."""
+    if lora:
+        adapter = folder / LORA_WEIGHTS_NAME
+        files = [adapter] + ([sidecar_path(adapter)] if sidecar_path(adapter).is_file() else [])
+    else:
+        files = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors"]
     params = 0
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
@@ -191,6 +199,7 @@ def parse_args(argv=None):
     parser.add_argument("--share", type=int, default=100, help="percent of training images that show the new "
                         "concept; the rest are the base's own scenes (prior preservation)")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lora-targets", default="attn", help="the LoRAs' --lora-targets, e.g. attn,conv")
     parser.add_argument("--lora-lr", type=float, default=2e-3)
     parser.add_argument("--full-lr", type=float, default=5e-4)
     parser.add_argument("--prompts", type=int, default=24, help="prompts per novel set, at most")
@@ -201,6 +210,10 @@ def parse_args(argv=None):
     parser.add_argument("--sampler-steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--reuse", action="store_true", help="keep trainings whose outputs exist")
+    parser.add_argument("--new-tokens", default="", help="words the colour LoRA adds as new tokens with trained "
+                        "vectors (--lora-new-tokens), e.g. pink")
+    parser.add_argument("--models", default="", help="comma-separated subset of the models to train and "
+                        f"evaluate (default all: {', '.join(MODELS)})")
     return parser.parse_args(argv)
 
 
@@ -211,15 +224,17 @@ def main(argv=None) -> dict:
     objective = objective_flags(args.base)
     # A text encoder without layers (the quickstart's) passes each word piece on as it is: the U-Net adapter
     # alone learns the new word; with layers, the text encoder gets an adapter too.
-    lora = ["--lora-rank", str(args.rank), "--lr", str(args.lora_lr), *objective] + (
+    lora = ["--lora-rank", str(args.rank), "--lora-targets", args.lora_targets, "--lr", str(args.lora_lr),
+            *objective] + (
         ["--lora-text-encoder"] if text_encoder_layers(args.base) else [])
-    runs = {"lora_colour": train("lora_colour", base=args.base, out=out, data=data_source("colour", args.share),
-                                 args=args, extra=lora),
-            "full_colour": train("full_colour", base=args.base, out=out, data=data_source("colour", args.share),
-                                 args=args,
-                                 extra=["--train-text-encoder", "--lr", str(args.full_lr), *objective]),
-            "lora_shape": train("lora_shape", base=args.base, out=out, data=data_source("shape", args.share),
-                                args=args, extra=lora)}
+    chosen = [name.strip() for name in args.models.split(",") if name.strip()] or list(MODELS)
+    new_tokens = ["--lora-new-tokens", args.new_tokens] if args.new_tokens else []
+    trainings = {"lora_colour": ("colour", lora + new_tokens),
+                 "full_colour": ("colour", ["--train-text-encoder", "--lr", str(args.full_lr), *objective]),
+                 "lora_shape": ("shape", lora)}
+    needed = set(chosen) | ({"lora_colour", "lora_shape"} if "lora_colour+shape" in chosen else set())
+    runs = {name: train(name, base=args.base, out=out, data=data_source(kind, args.share), args=args, extra=extra)
+            for name, (kind, extra) in trainings.items() if name in needed}
     for name, timing in runs.items():
         timing.update(sizes(out / name, lora=name.startswith("lora")))
     base_sizes = sizes(Path(args.base), lora=False)
@@ -238,6 +253,8 @@ def main(argv=None) -> dict:
     guidance = guidance_scale_from_weight(args.w)
     scores, figure = {}, []
     for name, (folder, loras) in models.items():
+        if name not in chosen:
+            continue
         pipe = load(folder, loras)
         scores[name] = {}
         for set_name in wanted[name]:

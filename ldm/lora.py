@@ -118,8 +118,9 @@ def adapter_state_dict(models: dict[str, torch.nn.Module]) -> tuple[dict[str, to
 
 
 def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict, *,
-              lora_format: str = "diffusers") -> Path:
-    """Write an adapter as safetensors in `lora_format` ("diffusers" or "kohya"); return `path`."""
+              lora_format: str = "diffusers", extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write an adapter as safetensors in `lora_format` ("diffusers" or "kohya"); return `path`. `extra`
+    tensors are stored beside the adapter's (kohya files: bundled new-token vectors, `ldm.new_tokens`)."""
     if lora_format not in FORMATS:
         raise ValueError(f"LoRA format must be one of {', '.join(FORMATS)}, got {lora_format!r}.")
     path = Path(path)
@@ -129,6 +130,7 @@ def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: d
     else:
         packed = {f"{c}.{k}": v for c, entry in metadata.items() for k, v in entry.items()}
         tensors, file_metadata = state_dict, {"format": "pt", METADATA_KEY: json.dumps(packed, sort_keys=True)}
+    tensors = {**tensors, **(extra or {})}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=file_metadata)
     return path
 

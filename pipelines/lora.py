@@ -3,7 +3,8 @@
     ldm-lora fuse --model BASE --lora runs/lora/colour/pytorch_lora_weights.safetensors:0.8 --out FUSED
 
 `fuse` writes a full pipeline folder whose weights are `W + Σ scale · (alpha / r) · B A` (`ldm.lora.fuse_loras`),
-so it samples like the base with the adapters loaded at those scales, with no LoRA code at load time.
+so it samples like the base with the adapters loaded at those scales, with no LoRA code at load time. New words an
+adapter brings (`ldm.new_tokens`) are added to the tokenizer and text encoder, on loading and in the fused folder.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Sequence
 
 from ldm.lora import LORA_WEIGHTS_NAME, file_sha256, fuse_loras, load_loras, parse_lora_spec
 from ldm.cli import run_subcommands
+from ldm.new_tokens import load_vectors, read_vectors
 from pipelines.folder import load_pipeline, save_pipeline_folder
 
 logger = logging.getLogger("ldm-lora")
@@ -40,12 +42,23 @@ def lora_specs(values: Sequence[str]) -> list[tuple[str, float]]:
     return specs
 
 
+def add_new_tokens(pipe, specs: Sequence[tuple[str, float]]) -> None:
+    """Give `pipe`'s tokenizer and text encoder the new words each adapter brings (`ldm.new_tokens`: bundled in
+    a kohya file or in the `_emb` file beside a diffusers one); their vectors do not scale with the adapter."""
+    for path, _ in specs:
+        vectors = read_vectors(path)
+        load_vectors(pipe.tokenizer, pipe.text_encoder, vectors, source=path)
+        if vectors:
+            logger.info("LoRA %s adds the tokens %s", path, ", ".join(vectors))
+
+
 def apply_loras(pipe, specs: Sequence[tuple[str, float]]) -> list[dict]:
-    """Load the adapters into `pipe`'s U-Net and text encoder, all active at their scales; return one record
-    `{"path", "sha256", "scale"}` each (for manifests and PNG metadata)."""
+    """Load the adapters into `pipe`'s U-Net and text encoder, all active at their scales, with the new words
+    they bring; return one record `{"path", "sha256", "scale"}` each (for manifests and PNG metadata)."""
     if not specs:
         return []
     records = load_loras({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, specs)
+    add_new_tokens(pipe, specs)
     for record in records:
         logger.info("LoRA %s at scale %g (sha256 %s…)", record["path"], record["scale"], record["sha256"][:12])
     return records
@@ -65,6 +78,7 @@ def fuse_into_folder(*, model: str | Path, specs: Sequence[tuple[str, float]], o
     """Write the pipeline `model` with the adapters `specs` fused into its weights as a folder at `out`."""
     pipe = load_pipeline(model)
     records = fuse_loras({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, specs)
+    add_new_tokens(pipe, specs)
     out = save_pipeline_folder(out, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                unet=pipe.unet, scheduler=pipe.scheduler)
     (out / FUSE_RECORD).write_text(json.dumps({"base": str(model), "loras": records}, indent=2) + "\n")

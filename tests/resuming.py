@@ -10,7 +10,7 @@ from pathlib import Path
 
 # What a finished run writes besides its checkpoints: the resumed copy must write these again.
 OUTPUTS = ("unet", "text_encoder", "vae", "scheduler", "model_index.json", "pytorch_lora_weights.safetensors",
-           "pytorch_lora_weights_kohya.safetensors", "samples")
+           "pytorch_lora_weights_kohya.safetensors", "pytorch_lora_weights_emb.safetensors", "samples")
 
 
 def cut_back_to(run: Path, step: int, copy: Path) -> Path:

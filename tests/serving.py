@@ -24,11 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from diffusers import DDPMScheduler
 from PIL import Image
-from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
-
-from pipelines.folder import save_pipeline_folder
+from tiny_components import tiny_pipeline_folder
 
 TOKEN = "test-token"
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +45,7 @@ START_TIMEOUT = 180  # seconds: importing torch + diffusers on a loaded 2-core m
 
 
 def tiny_model_folder(root: Path) -> Path:
-    tokenizer = tiny_tokenizer(root / "tokenizer")
-    return save_pipeline_folder(
-        root / "pipe",
-        vae=tiny_vae(),
-        text_encoder=tiny_text_encoder(tokenizer),
-        tokenizer=tokenizer,
-        unet=tiny_unet(),
-        scheduler=DDPMScheduler(),
-    )
+    return tiny_pipeline_folder(root / "pipe")
 
 
 def free_port() -> int:

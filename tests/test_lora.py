@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from adapters import make_adapter
+from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from tiny_components import tiny_pipeline_folder, tiny_unet
 
-from ldm.lora import (add_lora, adapter_state_dict, fuse_loras, load_loras, lora_parameters, parse_lora_spec,
-                      read_lora, resolve_targets, save_lora)
+from ldm.lora import fuse_loras, load_loras, parse_lora_spec, read_lora
 from pipelines.folder import load_pipeline, save_pipeline_folder
 
 RUN = dict(num_inference_steps=3, guidance_scale=3.0, output_type="np")
@@ -19,28 +19,7 @@ RUN = dict(num_inference_steps=3, guidance_scale=3.0, output_type="np")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    return save_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe", vae=tiny_vae(),
-                                text_encoder=tiny_text_encoder(tokenizer), tokenizer=tokenizer, unet=tiny_unet(),
-                                scheduler=DDPMScheduler())
-
-
-def make_adapter(base, path, *, seed, rank=4, alpha=2.0, targets=("attn",), text_encoder=True, fmt="diffusers"):
-    """A trained-looking adapter: attached as training does, then every A and B drawn at random (B is zero
-    at initialisation, which would make every comparison pass trivially)."""
-    pipe = load_pipeline(base)
-    models = {"unet": pipe.unet}
-    add_lora(pipe.unet, rank=rank, alpha=alpha, targets=resolve_targets(targets))
-    if text_encoder:
-        add_lora(pipe.text_encoder, rank=rank, alpha=alpha, targets=["q_proj", "v_proj", "fc1"])
-        models["text_encoder"] = pipe.text_encoder
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for model in models.values():
-            for parameter in lora_parameters(model):
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    state_dict, metadata = adapter_state_dict(models)
-    return save_lora(path, state_dict, metadata, lora_format=fmt)
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe")
 
 
 def ours_with(base, specs):
@@ -133,10 +112,7 @@ def test_not_a_lora_and_misfit_adapters_are_one_line_errors(base, tmp_path):
     for name in ("notes.safetensors", "weights.safetensors"):
         with pytest.raises(ValueError, match="is not a LoRA file"):
             read_lora(tmp_path / name, models)
-    other = tmp_path / "other"
-    tokenizer = tiny_tokenizer(tmp_path / "tok")
-    save_pipeline_folder(other, vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer), tokenizer=tokenizer,
-                         unet=tiny_unet(cross_attention_dim=16), scheduler=DDPMScheduler())
+    other = tiny_pipeline_folder(tmp_path / "other", unet=tiny_unet(cross_attention_dim=16))
     misfit = make_adapter(other, tmp_path / "misfit.safetensors", seed=6, text_encoder=False)
     with pytest.raises(ValueError, match="does not fit this model: unet.down_blocks.1.attentions.0"):
         read_lora(misfit, models)

@@ -3,24 +3,19 @@ import json
 
 import numpy as np
 import pytest
-from diffusers import DDPMScheduler
+from adapters import make_adapter
 from PIL import Image
-from test_lora import make_adapter
-from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from tiny_components import tiny_pipeline_folder
 
 from ldm.lora import LORA_WEIGHTS_NAME, file_sha256
 from ldm.cli import build_parser
 from pipelines import evaluate, generate
-from pipelines.folder import save_pipeline_folder
 from pipelines.lora import main as lora_main
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    return save_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe", vae=tiny_vae(),
-                                text_encoder=tiny_text_encoder(tokenizer), tokenizer=tokenizer, unet=tiny_unet(),
-                                scheduler=DDPMScheduler())
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("base") / "pipe")
 
 
 @pytest.fixture(scope="module")

@@ -167,7 +167,7 @@ def test_progress_interrupt_and_a_hung_up_client(server):
 
 
 def test_a_server_started_with_lora_adapters_draws_what_ldm_generate_draws_with_them(tmp_path):
-    from test_lora import make_adapter  # a trained-looking adapter (random A and B) for the tiny model
+    from adapters import make_adapter  # a trained-looking adapter (random A and B) for the tiny model
 
     model = shared_server().model
     adapter = make_adapter(model, tmp_path / "adapter.safetensors", seed=5)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from pipelines.folder import save_pipeline_folder
 
 TINY_WORDS = ("a", "red", "green", "blue", "circle", "square", "triangle", "on", "the", "left", "right")
 TINY_MAX_LENGTH = 16
@@ -109,6 +111,16 @@ def tiny_vae(seed: int = 0, sample_size: int = 32) -> AutoencoderKL:
         block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4,
     ).eval()
 
+
+def tiny_pipeline_folder(folder: Path, *, unet: UNet2DConditionModel | None = None) -> Path:
+    """A tiny SD-format pipeline folder at `folder` (tiny VAE, text encoder, tokenizer and U-Net, DDPM
+    scheduler): the base the LoRA and serving tests adapt and load. The tokenizer's source files go to
+    `<folder>-tokenizer-src` beside it. Returns `folder`."""
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
+    return save_pipeline_folder(folder, vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
+                                tokenizer=tokenizer, unet=unet if unet is not None else tiny_unet(),
+                                scheduler=DDPMScheduler())
 
 
 def skip_bitwise_comparison_on_cuda() -> None:
