@@ -9,7 +9,6 @@ LDM_SERVE_MODEL / LDM_SERVE_SCREENSHOT as in test_serve_browser.py (the screensh
 
 import base64
 import hashlib
-import io
 import os
 
 import numpy as np

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines.few_step import SamplingDefaults
 from pipelines.generate import USUAL
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from pipelines.serve.checks import Limits, RequestError, check_range, decode_image  # noqa: F401 (re-exported)
+from pipelines.serve.checks import Limits, RequestError, check_range  # noqa: F401 (app imports them here)
 from pipelines.serve.editing import read_edit
 from pipelines.serve.engine import GenerationRequest, Job
 

@@ -68,7 +68,3 @@ def decode_upload(text: str, field: str, max_size: int) -> Upload:
         )
     return Upload(image, hashlib.sha256(raw).hexdigest())
 
-
-def decode_image(text: str, field: str, max_size: int) -> Image.Image:
-    """`decode_upload`'s image as RGB."""
-    return decode_upload(text, field, max_size).image.convert("RGB")

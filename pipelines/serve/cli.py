@@ -106,7 +106,6 @@ def is_loopback(host: str) -> bool:
 
 def build_server(config: ServeConfig):
     """Load the pipeline, start the worker, return `(app, queue)`; the caller runs the app."""
-    from pipelines.serve.a1111 import Limits
     from pipelines.serve.app import create_app
     from pipelines.serve.engine import Generator, model_hash
     from pipelines.serve.jobs import JobQueue
@@ -133,19 +132,11 @@ def build_server(config: ServeConfig):
         loras=config.lora,
     )
     queue = JobQueue(generator, max_waiting=config.max_queue, batch_wait=config.batch_wait_ms / 1000).start()
-    # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the
-    # end at 1000 steps and dpm++ / unipc turn the latents into NaN at 999 (measured on the tiny test model).
-    max_steps = min(config.max_steps, pipe.scheduler.config.num_train_timesteps // 2)
-    if max_steps < config.max_steps:
-        logger.warning(
-            "--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps, max_steps
-        )
-    limits = Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
     app = create_app(
         queue,
         model=config.model,
         model_hash=model_hash(config.model),
-        limits=limits,
+        limits=request_limits(config, pipe.scheduler.config.num_train_timesteps),
         token=config.api_token,
         default_size=pipe.default_size,
         vae_factor=pipe.vae_scale_factor,
@@ -162,6 +153,20 @@ def build_server(config: ServeConfig):
         sampling.guidance_scale,
     )
     return app, queue
+
+
+def request_limits(config: ServeConfig, num_train_timesteps: int):
+    """The --max-* flags as `Limits`, steps capped at half the model's training timesteps: past that the
+    samplers' grids degenerate (with 1000, ddpm indexes past the end at 1000 steps and dpm++ / unipc turn the
+    latents into NaN at 999, measured on the tiny test model)."""
+    from pipelines.serve.checks import Limits
+
+    max_steps = min(config.max_steps, num_train_timesteps // 2)
+    if max_steps < config.max_steps:
+        logger.warning(
+            "--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps, max_steps
+        )
+    return Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
 
 
 def serve(config: ServeConfig) -> None:
