@@ -41,7 +41,7 @@ SERVER_FLAGS = (
     "--scheduler",
     "euler-a",
 )
-START_TIMEOUT = 180  # seconds: importing torch + diffusers on a loaded 2-core machine
+START_TIMEOUT = 600  # seconds: a start needs ~5 s of CPU, but at nice 19 beside full-load jobs it took 170-400 s
 
 
 def tiny_model_folder(root: Path) -> Path:

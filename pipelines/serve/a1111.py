@@ -9,19 +9,20 @@ beyond this server's limits gets a 422 of the same shape, `{"detail": [{"loc": [
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import random
 import time
-from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
+from pipelines.few_step import SamplingDefaults
+from pipelines.generate import USUAL
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from pipelines.serve.engine import DEFAULT_STEPS, GenerationRequest, Job
+from pipelines.serve.checks import Limits, RequestError, check_range  # noqa: F401 (app imports them here)
+from pipelines.serve.editing import read_edit
+from pipelines.serve.engine import GenerationRequest, Job
 
 # our sampler → (AUTOMATIC1111's name, its other names); requests may use any of them, ours included.
 SAMPLER_NAMES = {
@@ -31,39 +32,21 @@ SAMPLER_NAMES = {
     "ddim": ("DDIM", []),
     "ddpm": ("DDPM", []),
     "unipc": ("UniPC", []),
+    "lcm": ("LCM", []),  # a distilled few-step model's sampler (ldm-distill)
 }
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; image seeds count up from it
 
 
-@dataclass
-class Limits:
-    """What one request may ask for (the server's --max-* flags)."""
-
-    max_size: int = 1024
-    max_steps: int = 150
-    max_images: int = 8
-
-
-class RequestError(ValueError):
-    """A value the server refuses: becomes a 422 naming `field`."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-    def detail(self) -> list[dict]:
-        return [{"loc": ["body", self.field], "msg": str(self), "type": "value_error"}]
-
-
 class Txt2ImgRequest(BaseModel):
-    """`POST /sdapi/v1/txt2img`. Defaults are ldm-generate's where A1111's would not suit a small model."""
+    """`POST /sdapi/v1/txt2img`. Defaults are ldm-generate's where A1111's would not suit a small model; steps,
+    cfg_scale and sampler left out (or null) are the model folder's (`few_step.json`), else ldm-generate's."""
 
     model_config = ConfigDict(extra="ignore")
 
     prompt: str | None = ""  # clients send null for "not set"; it means the empty string
     negative_prompt: str | None = ""
-    steps: int = DEFAULT_STEPS
-    cfg_scale: float = DEFAULT_GUIDANCE_SCALE
+    steps: int | None = None
+    cfg_scale: float | None = None
     width: int | None = None  # None: the model's size
     height: int | None = None
     seed: int = -1  # -1: random
@@ -74,12 +57,18 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    """`POST /sdapi/v1/img2img`: base64 PNG/JPEG in `init_images[0]`, optional `mask` (white = repaint)."""
+    """`POST /sdapi/v1/img2img`: base64 PNG/JPEG in `init_images[0]`, optional `mask` (white = repaint); the
+    last five fields are ours (ldm-generate's options), which A1111 clients never send."""
 
     init_images: list[str] = []
     mask: str | None = None
-    denoising_strength: float = 0.75
+    denoising_strength: float | None = None  # None: ldm-generate's (0.8; 1.0 with a mask or outpaint)
     inpainting_mask_invert: int = 0
+    mask_blur: int = 4  # A1111's default; here it softens only the paste-back, inside the mask
+    keep_unmasked: bool = True  # A1111 always pastes the original back outside the mask
+    outpaint: list[int] | None = None  # [left, top, right, bottom] pixels to add and paint
+    repaint_jump_length: int = 10
+    repaint_jump_n_sample: int = 1
 
 
 def sampler_key(name: str | None, default: str = DEFAULT_SCHEDULER) -> str:
@@ -94,32 +83,6 @@ def sampler_key(name: str | None, default: str = DEFAULT_SCHEDULER) -> str:
     raise RequestError("sampler_name", f"unknown sampler {name!r}; this server has: {names}.")
 
 
-def decode_image(text: str, field: str, max_size: int) -> Image.Image:
-    """A base64 image (optionally a `data:image/…;base64,` URL) as RGB, or a RequestError naming `field`."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
-    try:
-        raw = base64.b64decode(payload, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, ValueError):
-        raise RequestError(field, f"{field} is not valid base64.") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise RequestError(field, f"{field} is base64 but not an image PIL can read (send a PNG).") from None
-    if max(image.size) > max_size:
-        raise RequestError(
-            field,
-            f"{field} is {image.width}×{image.height}; this server takes images up to "
-            f"{max_size} pixels a side (--max-size).",
-        )
-    return image.convert("RGB")
-
-
-def check_range(field: str, value, low, high=None, why: str = "") -> None:
-    if value < low or (high is not None and value > high):
-        bound = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise RequestError(field, f"{field} must be {bound}{why}, got {value}.")
-
-
 def check_size(field: str, value: int | None, factor: int, limits: Limits) -> None:
     if value is None:
         return
@@ -129,11 +92,14 @@ def check_size(field: str, value: int | None, factor: int, limits: Limits) -> No
 
 
 def to_generation_request(
-    body: Txt2ImgRequest, limits: Limits, vae_factor: int, default_sampler: str = DEFAULT_SCHEDULER
+    body: Txt2ImgRequest, limits: Limits, vae_factor: int, defaults: SamplingDefaults = USUAL
 ) -> GenerationRequest:
-    """Check `body` against the server's limits and turn it into the engine's request."""
-    check_range("steps", body.steps, 1, limits.max_steps, " (--max-steps)")
-    check_range("cfg_scale", body.cfg_scale, 0)
+    """Check `body` against the server's limits and turn it into the engine's request; `defaults` (sampler,
+    steps, guidance_scale) fill what the body leaves out."""
+    steps = defaults.num_inference_steps if body.steps is None else body.steps
+    cfg_scale = defaults.guidance_scale if body.cfg_scale is None else body.cfg_scale
+    check_range("steps", steps, 1, limits.max_steps, " (--max-steps)")
+    check_range("cfg_scale", cfg_scale, 0)
     check_range("batch_size", body.batch_size, 1)
     check_range("n_iter", body.n_iter, 1)
     if body.batch_size * body.n_iter > limits.max_images:
@@ -148,28 +114,19 @@ def to_generation_request(
     request = GenerationRequest(
         prompt=body.prompt or "",
         negative_prompt=body.negative_prompt or None,
-        sampler=sampler_key(body.sampler_name or body.sampler_index, default_sampler),
-        steps=body.steps,
-        guidance_scale=body.cfg_scale,
+        sampler=sampler_key(body.sampler_name or body.sampler_index, defaults.scheduler),
+        steps=steps,
+        guidance_scale=cfg_scale,
         seed=random.randrange(2**32) if body.seed == -1 else body.seed,
         width=body.width,
         height=body.height,
         num_images=body.batch_size * body.n_iter,
     )
     if isinstance(body, Img2ImgRequest):
-        add_images(request, body, limits)
+        request.edit = read_edit(
+            body, limits=limits, vae_factor=vae_factor, steps=steps, sampler=request.sampler
+        )
     return request
-
-
-def add_images(request: GenerationRequest, body: Img2ImgRequest, limits: Limits) -> None:
-    if not body.init_images:
-        raise RequestError("init_images", "init_images needs one base64 image.")
-    check_range("denoising_strength", body.denoising_strength, 0.0, 1.0)
-    request.init_image = decode_image(body.init_images[0], "init_images", limits.max_size)
-    request.strength = body.denoising_strength
-    if body.mask:
-        mask = decode_image(body.mask, "mask", limits.max_size).convert("L")
-        request.mask = mask.point(lambda v: 255 - v) if body.inpainting_mask_invert else mask
 
 
 def generation_response(
@@ -196,7 +153,7 @@ def generation_response(
         "restore_faces": False,
         "sd_model_name": model_name,
         "sd_model_hash": model_hash[:10],
-        "denoising_strength": request.strength if request.init_image is not None else None,
+        "denoising_strength": request.edit.strength if request.edit is not None else None,
         "extra_generation_params": {"guidance weight w": request.guidance_scale - 1},
         "index_of_first_image": 0,
         "infotexts": [infotext(request, seed, model_name, model_hash, job) for seed in job.seeds],
@@ -206,7 +163,11 @@ def generation_response(
         "is_using_inpainting_conditioning": request.mode == "inpaint",
         "interrupted": job.cancel_reason == "interrupted",
     }
-    parameters = body.model_dump(exclude={"init_images", "mask"})
+    parameters = {
+        **body.model_dump(exclude={"init_images", "mask"}),
+        "steps": request.steps,
+        "cfg_scale": request.guidance_scale,
+    }
     return {
         "images": [base64.b64encode(png).decode() for png in job.images],
         "parameters": parameters,

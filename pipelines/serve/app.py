@@ -23,7 +23,9 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from pipelines.schedulers import DEFAULT_SCHEDULER
+from pipelines.few_step import SamplingDefaults
+from pipelines.generate import USUAL
+from pipelines.pipeline_image_to_image import DEFAULT_STRENGTH
 from pipelines.serve import a1111
 from pipelines.serve.a1111 import Img2ImgRequest, Limits, RequestError, Txt2ImgRequest
 from pipelines.serve.engine import EDIT_PIPELINES, GenerationRequest, Job
@@ -82,7 +84,7 @@ class Served:
     limits: Limits
     default_size: int
     vae_factor: int
-    default_sampler: str
+    sampling: SamplingDefaults  # sampler, steps, guidance_scale of a request that gives none
 
     @property
     def model_name(self) -> str:
@@ -95,7 +97,7 @@ class Served:
     def submit(self, body: Txt2ImgRequest) -> tuple[GenerationRequest, Job]:
         """Check and queue a request: 422 (RequestError) for a bad value, 501 for a mode not installed,
         503 when the queue is full."""
-        request = a1111.to_generation_request(body, self.limits, self.vae_factor, self.default_sampler)
+        request = a1111.to_generation_request(body, self.limits, self.vae_factor, self.sampling)
         if request.mode not in self.modes:
             raise HTTPException(
                 501,
@@ -125,9 +127,10 @@ def create_app(
     token: str | None = None,
     default_size: int = 512,
     vae_factor: int = 8,
-    default_sampler: str = DEFAULT_SCHEDULER,
+    sampling: SamplingDefaults = USUAL,
 ) -> FastAPI:
-    """The ASGI app around a started `JobQueue` whose generator holds the loaded pipeline."""
+    """The ASGI app around a started `JobQueue` whose generator holds the loaded pipeline; `sampling` fills the
+    sampler, steps and guidance scale a request leaves out (the page's form starts on them too)."""
     app = FastAPI(title="ldm-serve", docs_url=None, redoc_url=None)  # the docs pages would load remote JS
     if token:
         app.add_middleware(TokenMiddleware, token=token)
@@ -136,7 +139,7 @@ def create_app(
     async def refused(request: Request, error: RequestError):
         return JSONResponse({"detail": error.detail()}, status_code=422)
 
-    served = Served(queue, model, model_hash, limits, default_size, vae_factor, default_sampler)
+    served = Served(queue, model, model_hash, limits, default_size, vae_factor, sampling)
     add_a1111_routes(app, served)
     add_page_routes(app, served, token)
     return app
@@ -203,9 +206,12 @@ def add_page_routes(app: FastAPI, served: Served, token: str | None) -> None:
             "limits": vars(served.limits),
             "samplers": a1111.samplers(),
             "modes": served.modes,
+            "strength_defaults": {"img2img": DEFAULT_STRENGTH, "inpaint": 1.0},  # ldm-generate's
             "defaults": {
-                **Txt2ImgRequest().model_dump(),
-                "sampler_name": a1111.SAMPLER_NAMES[served.default_sampler][0],
+                **Img2ImgRequest().model_dump(),
+                "steps": served.sampling.num_inference_steps,
+                "cfg_scale": served.sampling.guidance_scale,
+                "sampler_name": a1111.SAMPLER_NAMES[served.sampling.scheduler][0],
             },
         }
 

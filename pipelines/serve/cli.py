@@ -7,6 +7,7 @@ ldm-serve --model DIR --host 0.0.0.0 --api-token SECRET  # reachable from other 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -17,7 +18,8 @@ import torch
 from ldm.attention import check_attention
 from ldm.cli import option, run_command
 from pipelines.folder import check_pipeline_folder
-from pipelines.generate import DTYPES, pick_dtype, prepare_pipeline
+from pipelines.few_step import SamplingDefaults, resolve_sampling
+from pipelines.generate import DTYPES, USUAL, pick_dtype, prepare_pipeline
 from pipelines.lora import LORA_HELP, lora_specs
 from pipelines.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from pipelines.serve.engine import PREVIEWS
@@ -59,9 +61,10 @@ class ServeConfig:
         "U-Net step each time; pair with --preview-every)",
         choices=PREVIEWS,
     )
-    scheduler: str = option(
-        DEFAULT_SCHEDULER,
-        "sampler for requests that name none (each request may pick any)",
+    scheduler: str | None = option(
+        None,
+        f"sampler for requests that name none (each request may pick any); default: the model folder's "
+        f"(few_step.json), else {DEFAULT_SCHEDULER}",
         choices=SCHEDULERS,
     )
     dtype: str = option(
@@ -103,12 +106,14 @@ def is_loopback(host: str) -> bool:
 
 def build_server(config: ServeConfig):
     """Load the pipeline, start the worker, return `(app, queue)`; the caller runs the app."""
-    from pipelines.serve.a1111 import Limits
     from pipelines.serve.app import create_app
     from pipelines.serve.engine import Generator, model_hash
     from pipelines.serve.jobs import JobQueue
 
     check_pipeline_folder(config.model)
+    # As ldm-generate: the folder's own sampling defaults (a distilled model's few_step.json) unless given.
+    sampling = resolve_sampling(config.model, given=SamplingDefaults(scheduler=config.scheduler), usual=USUAL)
+    config = dataclasses.replace(config, scheduler=sampling.scheduler)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(config.dtype, device)
     pipe = prepare_pipeline(config, device, dtype)  # reads model, scheduler, attention, compile
@@ -127,26 +132,41 @@ def build_server(config: ServeConfig):
         loras=config.lora,
     )
     queue = JobQueue(generator, max_waiting=config.max_queue, batch_wait=config.batch_wait_ms / 1000).start()
-    # Past about half the training timesteps the samplers' grids degenerate: with 1000, ddpm indexes past the
-    # end at 1000 steps and dpm++ / unipc turn the latents into NaN at 999 (measured on the tiny test model).
-    max_steps = min(config.max_steps, pipe.scheduler.config.num_train_timesteps // 2)
-    if max_steps < config.max_steps:
-        logger.warning(
-            "--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps, max_steps
-        )
-    limits = Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
     app = create_app(
         queue,
         model=config.model,
         model_hash=model_hash(config.model),
-        limits=limits,
+        limits=request_limits(config, pipe.scheduler.config.num_train_timesteps),
         token=config.api_token,
         default_size=pipe.default_size,
         vae_factor=pipe.vae_scale_factor,
-        default_sampler=config.scheduler,
+        sampling=sampling,
     )
-    logger.info("model %s on %s (%s); modes: %s", config.model, device, dtype, ", ".join(generator.modes))
+    logger.info(
+        "model %s on %s (%s); modes: %s; requests that give none: %s, %d steps, guidance %g",
+        config.model,
+        device,
+        dtype,
+        ", ".join(generator.modes),
+        sampling.scheduler,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+    )
     return app, queue
+
+
+def request_limits(config: ServeConfig, num_train_timesteps: int):
+    """The --max-* flags as `Limits`, steps capped at half the model's training timesteps: past that the
+    samplers' grids degenerate (with 1000, ddpm indexes past the end at 1000 steps and dpm++ / unipc turn the
+    latents into NaN at 999, measured on the tiny test model)."""
+    from pipelines.serve.checks import Limits
+
+    max_steps = min(config.max_steps, num_train_timesteps // 2)
+    if max_steps < config.max_steps:
+        logger.warning(
+            "--max-steps %d lowered to %d, half the model's training timesteps", config.max_steps, max_steps
+        )
+    return Limits(max_size=config.max_size, max_steps=max_steps, max_images=config.max_images)
 
 
 def serve(config: ServeConfig) -> None:

@@ -20,9 +20,11 @@ from diffusers import SchedulerMixin
 from PIL import Image
 
 import pipelines
+from pipelines.edit_inputs import EditInputs
 from pipelines.generate import GenerateConfig, ImageJob, image_seed, png_info
 from pipelines.pipeline_text_to_image import DEFAULT_GUIDANCE_SCALE
 from pipelines.schedulers import DEFAULT_SCHEDULER, make_scheduler
+from pipelines.serve.editing import UPLOADED, EditRequest, edit_inputs, unet_steps
 from pipelines.serve.previews import fit_latent_rgb_map, preview_image
 
 logger = logging.getLogger("ldm-serve")
@@ -44,18 +46,21 @@ class GenerationRequest:
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # w + 1
     seed: int = 0
-    width: int | None = None  # None: the model's size
+    width: int | None = None  # None: the model's size (an edit: the init image's)
     height: int | None = None
     num_images: int = 1
-    init_image: Image.Image | None = None  # img2img / inpaint
-    mask: Image.Image | None = None  # inpaint: white = repaint
-    strength: float = 0.75  # img2img / inpaint: how much of the schedule to run
+    edit: EditRequest | None = None  # image-to-image, inpainting, outpainting (`pipelines.serve.editing`)
 
     @property
     def mode(self) -> str:
-        if self.init_image is None:
-            return "txt2img"
-        return "inpaint" if self.mask is not None else "img2img"
+        return "txt2img" if self.edit is None else self.edit.mode
+
+    def edit_inputs(self) -> EditInputs | None:
+        """The edit as `ldm-generate` reads it from files (None for text-to-image)."""
+        if self.edit is None:
+            return None
+        image = self.edit.image
+        return edit_inputs(self.edit, (self.width or image.width, self.height or image.height))
 
 
 class JobCancelled(Exception):
@@ -157,21 +162,32 @@ class Generator:
         request = jobs[0].request
         target = self.pipe if request.mode == "txt2img" else self.edit[request.mode]
         target.scheduler = make_scheduler(request.sampler, self.scheduler_config)
+        edit = request.edit_inputs()  # jobs share a batch only without an edit (`batchable`)
         items = [(job, image_job(job.request, i)) for job in jobs for i in range(job.request.num_images)]
         batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         for job in jobs:
-            job.total_steps = request.steps * sum(any(j is job for j, _ in batch) for batch in batches)
+            batches_of_job = sum(any(j is job for j, _ in batch) for batch in batches)
+            job.total_steps = unet_steps(request.edit, request.steps) * batches_of_job
         for batch in batches:
-            images = self._run_batch(target, batch, on_cancel or (lambda job: None))
+            images = self._run_batch(target, batch, on_cancel or (lambda job: None), edit)
             for (job, item), image in zip(batch, images):
                 if job.state != "cancelled":
                     config = generate_config(job.request, self.model, self.loras)
-                    job.images.append(png_bytes(image, png_info(item, config)))
+                    job.images.append(png_bytes(image, png_info(item, config, edit)))
                     job.seeds.append(item.seed)
             if all(job.cancel_reason is not None for job, _ in batch):
                 return
 
-    def _run_batch(self, target, batch: list[tuple[Job, ImageJob]], on_cancel) -> list[Image.Image]:
+    def _run_batch(
+        self, target, batch: list[tuple[Job, ImageJob]], on_cancel, edit: EditInputs | None
+    ) -> list[Image.Image]:
+        """The batch's images; an edit's with ldm-generate's `--keep-unmasked` paste-back where asked."""
+        images = self._sample(target, batch, on_cancel, edit)
+        return edit.finish(images) if edit is not None else images
+
+    def _sample(
+        self, target, batch: list[tuple[Job, ImageJob]], on_cancel, edit: EditInputs | None
+    ) -> list[Image.Image]:
         request = batch[0][0].request
         jobs = list(dict.fromkeys(job for job, _ in batch))  # in order, each once
         first_image = {job: next(i for i, (j, _) in enumerate(batch) if j is job) for job in jobs}
@@ -207,7 +223,9 @@ class Generator:
                     generator=[torch.Generator("cpu").manual_seed(item.seed) for _, item in batch],
                     output_type="pil",
                     callback=callback,
-                    **edit_arguments(request),
+                    **(
+                        edit.pipeline_kwargs() if edit else {"height": request.height, "width": request.width}
+                    ),
                 ).images
         except JobCancelled:
             if "latents" not in last or not any(job.cancel_reason == "interrupted" for job in jobs):
@@ -217,7 +235,8 @@ class Generator:
 
     def _preview(self, latents: torch.Tensor) -> Image.Image:
         """The first image of the batch as it stands: `latents (B, C, h, w)`, scaled, shown at the image's own
-        size (h and w times the VAE factor, so an edit of a non-square init image previews at its shape too)."""
+        size (h and w times the VAE factor, so an edit of a non-square init image previews at its shape too).
+        """
         if self.preview == "vae":
             return self.pipe.decode(latents[:1], "pil")[0]
         factor = self.pipe.vae_scale_factor
@@ -248,7 +267,29 @@ def batchable(first: GenerationRequest, other: GenerationRequest) -> bool:
 
 
 def generate_config(request: GenerationRequest, model: str, loras: tuple[str, ...] = ()) -> GenerateConfig:
-    """The `ldm-generate` settings equal to `request` (and the server's adapters), for its PNG metadata."""
+    """The `ldm-generate` settings equal to `request` (and the server's adapters), for its PNG metadata; an
+    edit's files are named `UPLOADED` (their sha256s say which), its size is the init image's."""
+    edit = request.edit
+    if edit is not None:
+        return GenerateConfig(
+            lora=loras,
+            prompt=request.prompt,
+            model=model,
+            num_images=request.num_images,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed,
+            scheduler=request.sampler,
+            negative_prompt=request.negative_prompt,
+            image=UPLOADED,
+            strength=edit.strength,
+            mask_image=None if edit.mask is None else UPLOADED,
+            keep_unmasked=edit.keep_unmasked,
+            mask_blur=edit.mask_blur,
+            outpaint=None if edit.outpaint is None else ",".join(map(str, edit.outpaint)),
+            repaint_jump_length=edit.jump_length,
+            repaint_jump_n_sample=edit.jump_n_sample,
+        )
     return GenerateConfig(
         lora=loras,
         prompt=request.prompt,
@@ -277,18 +318,3 @@ def edit_pipelines(pipe) -> dict:
             found[mode] = pipeline_class(**pipe.components)
             found[mode].set_progress_bar_config(disable=True)
     return found
-
-
-def edit_arguments(request: GenerationRequest) -> dict:
-    """The keyword arguments that differ between text-to-image (the size) and the edit pipelines (the image,
-    resized to the requested size as AUTOMATIC1111's default "just resize" does, its mask and the strength)."""
-    if request.mode == "txt2img":
-        return {"height": request.height, "width": request.width}
-    image = request.init_image
-    size = (request.width or image.width, request.height or image.height)
-    kwargs = {"image": image.resize(size, Image.LANCZOS) if image.size != size else image,
-              "strength": request.strength}
-    if request.mode == "inpaint":
-        mask = request.mask
-        kwargs["mask_image"] = mask.resize(size, Image.NEAREST) if mask.size != size else mask
-    return kwargs
