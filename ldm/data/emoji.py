@@ -5,13 +5,14 @@ the `emoji` package (`pip install "ldm-t2i[emoji]"`). Flags, skin tones and join
 Pillow's raqm layout. The split is by emoji group, i.e. the sequence with skin-tone modifiers and variation
 selectors removed, so all skin-tone variants of one emoji land in the same split.
 
-Held-out skin tones (`emoji:heldouttones=1`), for the composition test of `ldm-eval --task emoji`: every group
+Held-out skin tones (`emoji:heldouttones=1`), for the composition test of `ldm-eval --task emoji`: every emoji
 of the train split that comes in skin tones keeps one (emoji, tone) pair out of the train split, the tone
-`TONES[crc32("tone:" + group) % 5]` (stable across runs and machines; 300 of the font's 329 toned groups are
-in the train split). Every train sequence of that group that carries that tone is dropped, also a two-person
-one where only one person has it, so no training caption names the emoji with that tone; the model still sees
-the emoji in its other tones and the tone on other emoji. Split "heldout" holds the held-out pairs' one-tone
-sequences ("thumbs up medium skin tone"), whatever the option.
+`TONES[crc32("tone:" + name) % 5]` of its name without tones (stable across runs and machines). The pair is
+keyed by the name, not the code points, because two sequences can share a name ("men holding hands" is both
+U+1F46C with one tone and a joined sequence with one tone per man). Every train sequence of that name that
+carries that tone is dropped, also a two-person one where only one person has it, so no training caption names
+the emoji with that tone; the model still sees the emoji in its other tones and the tone on other emoji. Split
+"heldout" holds the held-out pairs' one-tone sequences ("thumbs up medium skin tone"), whatever the option.
 """
 
 from __future__ import annotations
@@ -58,22 +59,29 @@ def sequence_tones(sequence: str) -> tuple[str, ...]:
     return tuple(name for name, modifier in TONES.items() if modifier in sequence)
 
 
-def heldout_tone(group: str) -> str:
-    """The tone held out for `group` (an `emoji_group`) under heldouttones=1: a stable hash of the group."""
-    return list(TONES)[zlib.crc32(f"tone:{group}".encode("utf-8")) % len(TONES)]
+def base_name(caption: str) -> str:
+    """The caption without its skin-tone phrases: 'thumbs up medium-dark skin tone' → 'thumbs up'."""
+    for name in TONES:  # " medium skin tone" is not inside " medium-dark skin tone", nor " dark" in "-dark"
+        caption = caption.replace(f" {name} skin tone", "")
+    return caption
 
 
-def has_heldout_tone(sequence: str) -> bool:
-    """True for a train-split sequence that carries its group's held-out tone (alone or beside another)."""
-    return emoji_split(sequence) == "train" and heldout_tone(emoji_group(sequence)) in sequence_tones(sequence)
+def heldout_tone(name: str) -> str:
+    """The tone held out for the emoji called `name` (a `base_name`) under heldouttones=1: a stable hash."""
+    return list(TONES)[zlib.crc32(f"tone:{name}".encode("utf-8")) % len(TONES)]
 
 
-def in_split(sequence: str, split: str, *, heldout_tones: bool = False) -> bool:
-    """Whether `sequence` belongs to `split`: "test" by group hash; "train" the rest, less the held-out tone
-    pairs when `heldout_tones`; "heldout" the one-tone sequences of the held-out pairs."""
+def has_heldout_tone(sequence: str, caption: str) -> bool:
+    """True for a train-split sequence that carries its emoji's held-out tone (alone or beside another)."""
+    return emoji_split(sequence) == "train" and heldout_tone(base_name(caption)) in sequence_tones(sequence)
+
+
+def in_split(sequence: str, caption: str, split: str, *, heldout_tones: bool = False) -> bool:
+    """Whether (`sequence`, its `caption`) belongs to `split`: "test" by group hash; "train" the rest, less
+    the held-out tone pairs when `heldout_tones`; "heldout" the one-tone sequences of the held-out pairs."""
     if split == "heldout":
-        return has_heldout_tone(sequence) and len(sequence_tones(sequence)) == 1
-    if split == "train" and heldout_tones and has_heldout_tone(sequence):
+        return has_heldout_tone(sequence, caption) and len(sequence_tones(sequence)) == 1
+    if split == "train" and heldout_tones and has_heldout_tone(sequence, caption):
         return False
     return emoji_split(sequence) == split
 
@@ -161,7 +169,7 @@ class EmojiDataset(torch.utils.data.Dataset):
         self._font: ImageFont.FreeTypeFont | None = _load_font(self.font_path)
         self.heldout_tones = heldout_tones
         self.items = [item for item in supported_emoji(self._font)
-                      if in_split(item[0], split, heldout_tones=heldout_tones)][:size]
+                      if in_split(*item, split, heldout_tones=heldout_tones)][:size]
         self.skipped: dict[str, int] = {}
         if not self.items:
             raise ValueError(
