@@ -56,7 +56,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file name to
 
 @dataclass
 class EvalConfig:
-    """Evaluate a pipeline folder on the shapes data: adherence and diversity against the guidance weight."""
+    """Evaluate a pipeline folder on shapes or emoji prompts: adherence and diversity against the guidance weight."""
     model: str = field(default="", metadata={"help": "pipeline folder to evaluate (required)"})
     task: str = field(default="shapes", metadata={
         "help": "prompts and readers: shapes scenes, or emoji names read back by the emoji retrieval and skin-tone "
