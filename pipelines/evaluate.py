@@ -7,6 +7,8 @@ model trained on) and "held-out" ones whose first object is a `HELD_OUT` pair (n
 training). Each prompt is sampled with the same seeds at every w (guidance_scale = w + 1), each image is
 read back with `ldm.eval.attributes.read_scene`, and EVALDIR gets eval.json (every number and every image's
 reading), adherence_vs_guidance.png, grid_w{w}.png and the PNGs under samples/.
+
+`--task emoji` evaluates a model trained on the built-in emoji data instead (`pipelines/evaluate_emoji.py`).
 """
 from __future__ import annotations
 
@@ -48,13 +50,17 @@ GRID_SEEDS = 4  # images per prompt shown in each grid_w*.png (all are saved und
 GRID_CELL = 128  # grid tiles are enlarged (nearest neighbour) to about this side, so captions fit under them
 VAE_BATCH = 32
 EVAL_STEPS = 20  # sampler steps for a folder without few-step defaults (pipelines.few_step)
+TASKS = ("shapes", "emoji")  # the built-in data a task's prompts and readers come from
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file name torch-fidelity downloads
 
 
 @dataclass
 class EvalConfig:
-    """Evaluate a pipeline folder on the shapes data: adherence and diversity against the guidance weight."""
+    """Evaluate a pipeline folder on shapes or emoji prompts: adherence and diversity against the guidance weight."""
     model: str = field(default="", metadata={"help": "pipeline folder to evaluate (required)"})
+    task: str = field(default="shapes", metadata={
+        "help": "prompts and readers: shapes scenes, or emoji names read back by the emoji retrieval and skin-tone "
+                "readers (for a model trained on emoji:heldouttones=1)", "choices": list(TASKS)})
     out: str = field(default="eval", metadata={"help": "output folder: eval.json, the plot, grids, samples"})
     weights: str = field(default="0,1,2,4,8", metadata={
         "help": "comma-separated guidance weights w; the pipeline runs at guidance_scale = w + 1"})
@@ -80,8 +86,9 @@ class EvalConfig:
         "help": f"sampler (default: the model folder's, else {DEFAULT_SCHEDULER})", "choices": list(SCHEDULERS)})
     resolution: int = field(default=32, metadata={"help": "image side in pixels"})
     seed: int = field(default=0, metadata={"help": "picks the prompt scenes and the sampling seeds"})
-    vae_data: str = field(default="shapes", metadata={
-        "help": "data for the VAE's PSNR/SSIM (any open_dataset source; built-ins use their test split)"})
+    vae_data: str = field(default="", metadata={
+        "help": "data for the VAE's PSNR/SSIM (any open_dataset source; built-ins use their test split; "
+                "default: the --task's data)"})
     vae_samples: int = field(default=256, metadata={"help": "images for the VAE figures; 0 skips them"})
     fid_weights: str = field(default="", metadata={
         "help": f"torch-fidelity Inception weights ({INCEPTION_FILE} or its folder) for FID/KID; "
@@ -100,6 +107,11 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if not 1 <= self.objects <= 3:
             raise ValueError(f"--objects must be 1, 2 or 3, got {self.objects}.")
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        if self.task == "emoji" and self.simple:
+            raise ValueError("--simple applies to --task shapes only.")
+        self.vae_data = self.vae_data or self.task
         if self.simple:
             self.objects = 1
         if self.resolution < 16:
@@ -325,9 +337,9 @@ def _best_weight(sweep: list[dict]) -> dict:
             "seen_adherence": best["adherence"]["seen"]["rate"]}
 
 
-def evaluate(config: EvalConfig) -> dict:
-    """Run the whole evaluation and write EVALDIR; returns the eval.json content."""
-    out_dir = Path(config.out)
+def prepare_pipeline(config: EvalConfig, out_dir: Path) -> tuple[EvalConfig, object, list, str]:
+    """Create `out_dir`, settle the sampler (flag, else the folder's few-step defaults, else ours), save
+    eval_config.json and load the pipeline with its LoRAs: (config as run, pipe, lora records, device)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = resolve_sampling(config.model, given=SamplingDefaults(config.scheduler, config.steps),
                               usual=SamplingDefaults(DEFAULT_SCHEDULER, EVAL_STEPS))
@@ -339,6 +351,17 @@ def evaluate(config: EvalConfig) -> dict:
     set_attention(pipe, "auto", device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    return config, pipe, loras, device
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Run the whole evaluation and write EVALDIR; returns the eval.json content."""
+    if config.task == "emoji":
+        from pipelines.evaluate_emoji import evaluate_emoji  # it imports this module: a late import, no cycle
+
+        return evaluate_emoji(config)
+    out_dir = Path(config.out)
+    config, pipe, loras, device = prepare_pipeline(config, out_dir)
     prompts = build_prompt_set(prompts_per_split=config.prompts_per_split, max_objects=config.objects,
                                seed=config.seed, simple=config.simple)
     logger.info("%d prompts (%d seen, %d held-out) x %d seeds x %d weights on %s", len(prompts),
@@ -383,6 +406,10 @@ def evaluate(config: EvalConfig) -> dict:
 
 def evaluate_and_print(config: EvalConfig) -> dict:
     """Run `evaluate` and print the adherence table."""
+    if config.task == "emoji":
+        from pipelines.evaluate_emoji import evaluate_emoji_and_print
+
+        return evaluate_emoji_and_print(config)
     report = evaluate(config)
     print("w     seen    held-out  diversity")
     for entry in report["sweep"]:

@@ -13,7 +13,7 @@ from .transforms import flip, to_tensor
 
 SHAPES_SIZES = {"train": 20_000, "test": 1_000, "heldout": 1_000}  # default lengths: an epoch, not a limit
 BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs", "novelcolour", "novelshape",
-                              "novelshare"}, "emoji": {"size"}}
+                              "novelshare"}, "emoji": {"size", "heldouttones"}}
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -144,7 +144,7 @@ def open_dataset(
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
     source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1,novelshare=P]",
-    "emoji[:size=N]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
+    "emoji[:size=N,heldouttones=1]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources.
     buckets: an `ldm.data.buckets.BucketSpec`: images of folders, tar shards and HF datasets are resized to the
@@ -178,8 +178,12 @@ def open_dataset(
     if name == "emoji":
         from .emoji import EmojiDataset
 
+        heldout_tones = builtin.get("heldouttones", 0)
+        if heldout_tones not in (0, 1):
+            raise ValueError(f"emoji heldouttones must be 0 or 1, got {heldout_tones}.")
         return EmojiDataset(
-            resolution=resolution, split=split, random_flip=random_flip, size=builtin.get("size", size)
+            resolution=resolution, split=split, random_flip=random_flip, size=builtin.get("size", size),
+            heldout_tones=bool(heldout_tones),
         )
     options = {"resolution": resolution, "crop": crop, "random_flip": random_flip, "buckets": buckets}
     dataset = _open_path(

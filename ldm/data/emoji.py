@@ -4,6 +4,15 @@ Needs the font (Debian/Ubuntu: `apt-get install fonts-noto-color-emoji`, or LDM_
 the `emoji` package (`pip install "ldm-t2i[emoji]"`). Flags, skin tones and joined (ZWJ) sequences need
 Pillow's raqm layout. The split is by emoji group, i.e. the sequence with skin-tone modifiers and variation
 selectors removed, so all skin-tone variants of one emoji land in the same split.
+
+Held-out skin tones (`emoji:heldouttones=1`), for the composition test of `ldm-eval --task emoji`: every emoji
+of the train split that comes in skin tones keeps one (emoji, tone) pair out of the train split, the tone
+`TONES[crc32("tone:" + name) % 5]` of its name without tones (stable across runs and machines). The pair is
+keyed by the name, not the code points, because two sequences can share a name ("men holding hands" is both
+U+1F46C with one tone and a joined sequence with one tone per man). Every train sequence of that name that
+carries that tone is dropped, also a two-person one where only one person has it, so no training caption names
+the emoji with that tone; the model still sees the emoji in its other tones and the tone on other emoji. Split
+"heldout" holds the held-out pairs' one-tone sequences ("thumbs up medium skin tone"), whatever the option.
 """
 
 from __future__ import annotations
@@ -28,7 +37,10 @@ CANVAS = 144  # glyphs are 136 x 128; a small white margin keeps them off the im
 TEST_BUCKETS = 10  # one group in ten (by a stable hash) goes to the test split
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 VARIATION_SELECTOR = "\ufe0f"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "heldout")
+# Fitzpatrick modifiers U+1F3FB..U+1F3FF in order, named as in CLDR captions ("... medium-dark skin tone").
+TONES = {"light": "\U0001f3fb", "medium-light": "\U0001f3fc", "medium": "\U0001f3fd",
+         "medium-dark": "\U0001f3fe", "dark": "\U0001f3ff"}
 
 
 def emoji_group(sequence: str) -> str:
@@ -40,6 +52,38 @@ def emoji_split(sequence: str) -> str:
     """'test' for one group in TEST_BUCKETS (stable across runs and machines), else 'train'."""
     bucket = zlib.crc32(emoji_group(sequence).encode("utf-8")) % TEST_BUCKETS
     return "test" if bucket == 0 else "train"
+
+
+def sequence_tones(sequence: str) -> tuple[str, ...]:
+    """Names of the distinct skin tones in `sequence`, in TONES order; () for an emoji without one."""
+    return tuple(name for name, modifier in TONES.items() if modifier in sequence)
+
+
+def base_name(caption: str) -> str:
+    """The caption without its skin-tone phrases: 'thumbs up medium-dark skin tone' → 'thumbs up'."""
+    for name in TONES:  # " medium skin tone" is not inside " medium-dark skin tone", nor " dark" in "-dark"
+        caption = caption.replace(f" {name} skin tone", "")
+    return caption
+
+
+def heldout_tone(name: str) -> str:
+    """The tone held out for the emoji called `name` (a `base_name`) under heldouttones=1: a stable hash."""
+    return list(TONES)[zlib.crc32(f"tone:{name}".encode("utf-8")) % len(TONES)]
+
+
+def has_heldout_tone(sequence: str, caption: str) -> bool:
+    """True for a train-split sequence that carries its emoji's held-out tone (alone or beside another)."""
+    return emoji_split(sequence) == "train" and heldout_tone(base_name(caption)) in sequence_tones(sequence)
+
+
+def in_split(sequence: str, caption: str, split: str, *, heldout_tones: bool = False) -> bool:
+    """Whether (`sequence`, its `caption`) belongs to `split`: "test" by group hash; "train" the rest, less
+    the held-out tone pairs when `heldout_tones`; "heldout" the one-tone sequences of the held-out pairs."""
+    if split == "heldout":
+        return has_heldout_tone(sequence, caption) and len(sequence_tones(sequence)) == 1
+    if split == "train" and heldout_tones and has_heldout_tone(sequence, caption):
+        return False
+    return emoji_split(sequence) == split
 
 
 def emoji_caption(cldr_name: str) -> str:
@@ -115,14 +159,17 @@ class EmojiDataset(torch.utils.data.Dataset):
     """Map-style emoji set: item i = {"pixel_values": (3, R, R) in [-1, 1], "caption": CLDR name}."""
 
     def __init__(
-        self, *, resolution: int, split: str = "train", random_flip: bool = False, size: int | None = None
+        self, *, resolution: int, split: str = "train", random_flip: bool = False, size: int | None = None,
+        heldout_tones: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"Unknown emoji split {split!r}; expected one of {', '.join(SPLITS)}.")
         self.font_path = font_path()
         self.resolution, self.random_flip = resolution, random_flip
         self._font: ImageFont.FreeTypeFont | None = _load_font(self.font_path)
-        self.items = [item for item in supported_emoji(self._font) if emoji_split(item[0]) == split][:size]
+        self.heldout_tones = heldout_tones
+        self.items = [item for item in supported_emoji(self._font)
+                      if in_split(*item, split, heldout_tones=heldout_tones)][:size]
         self.skipped: dict[str, int] = {}
         if not self.items:
             raise ValueError(
