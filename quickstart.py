@@ -27,6 +27,10 @@ class QuickstartConfig:
     """Train both stages on built-in data and evaluate the result, resuming whatever is unfinished."""
 
     output_dir: str = field(default="runs/quickstart", metadata={"help": "where every stage writes"})
+    data: str = field(default="shapes", metadata={
+        "help": "built-in data: 'shapes' (procedural, read back exactly) or 'emoji' (real artwork with CLDR names; "
+                "stage 2 never sees one skin tone of each toned emoji, `emoji:heldouttones=1`)",
+        "choices": ["shapes", "emoji"]})
     objects: int = field(default=1, metadata={"help": "objects per shapes image (1-3), in training and evaluation"})
     simple: bool = field(default=False, metadata={
         "help": "the simple shapes variant (one large centred object, captions name colour and shape only): "
@@ -58,13 +62,20 @@ class QuickstartConfig:
             raise ValueError(f"--objects must be 1, 2 or 3, got {self.objects}.")
         if self.simple and self.objects != 1:
             raise ValueError(f"--simple draws one object per image; --objects {self.objects} does not apply.")
-        for name, value in VARIANT_DEFAULTS["simple" if self.simple else "full"].items():
-            if getattr(self, name) is None:
+        if self.data == "emoji" and (self.simple or self.objects != 1):
+            raise ValueError("--simple and --objects describe the shapes data, not --data emoji.")
+        for name, value in VARIANT_DEFAULTS[self.variant].items():
+            if getattr(self, name) is None:  # a value the user gave wins
                 setattr(self, name, value)
         for name in ("resolution", "vae_steps", "ldm_steps", "ldm_data_size", "eval_prompts", "eval_seeds",
                      "eval_steps", "vae_batch_size", "ldm_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+
+    @property
+    def variant(self) -> str:
+        """The key of VARIANT_DEFAULTS: 'full', 'simple' or 'emoji'."""
+        return "emoji" if self.data == "emoji" else "simple" if self.simple else "full"
 
 
 # What is specific to the data: step counts, stage 2's number of images and the evaluation's seeds per variant,
@@ -78,6 +89,8 @@ class QuickstartConfig:
 VARIANT_DEFAULTS = {
     "full": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": 20000, "eval_prompts": 48, "eval_seeds": 4},
     "simple": {"vae_steps": 1200, "ldm_steps": 3600, "ldm_data_size": 8000, "eval_prompts": 12, "eval_seeds": 24},
+    # Emoji: every glyph of the train split (ldm_data_size None); the shapes' step counts, not yet tuned.
+    "emoji": {"vae_steps": 1500, "ldm_steps": 2400, "ldm_data_size": None, "eval_prompts": 48, "eval_seeds": 4},
 }
 
 
@@ -89,22 +102,28 @@ def _given(flag: str, value) -> list[str]:
 def stage_commands(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path, list[str]]]:
     """(name, folder, argv) for each stage; a stage is done when its marker file exists."""
     stage1, stage2, evaluation = out / "stage1", out / "stage2", out / "eval"
-    data = f"shapes:objects={cfg.objects}" + (",simple=1" if cfg.simple else "")
     common = ["--resolution", str(cfg.resolution), "--seed", str(cfg.seed)]
+    if cfg.data == "emoji":  # stage 1 sees every tone (a codec without captions), stage 2 not the held-out ones
+        data = "emoji:heldouttones=1"
+        vae_data = "emoji" if cfg.vae_pairs == "all" else data
+        task = ["--task", "emoji"]
+    else:
+        data = f"shapes:objects={cfg.objects}" + (",simple=1" if cfg.simple else "")
+        vae_data = data + (",allpairs=1" if cfg.vae_pairs == "all" else "")
+        task = ["--objects", str(cfg.objects), *(["--simple"] if cfg.simple else [])]
     return [
-        ("stage1", stage1, ["-m", "train_vae", "--data", data + (",allpairs=1" if cfg.vae_pairs == "all" else ""),
+        ("stage1", stage1, ["-m", "train_vae", "--data", vae_data,
                             "--output-dir", str(stage1), "--max-steps", str(cfg.vae_steps),
                             *_given("--batch-size", cfg.vae_batch_size), *common]),
         ("stage2", stage2, ["-m", "train_ldm", "--data", data, "--vae", str(stage1 / "vae"),
                             "--output-dir", str(stage2), "--max-steps", str(cfg.ldm_steps),
-                            "--data-size", str(cfg.ldm_data_size), *_given("--batch-size", cfg.ldm_batch_size),
+                            *_given("--data-size", cfg.ldm_data_size), *_given("--batch-size", cfg.ldm_batch_size),
                             *common]),
         ("eval", evaluation, ["-m", "pipelines.evaluate", "--model", str(stage2), "--out", str(evaluation),
                               "--weights", cfg.eval_weights, "--seeds-per-prompt", str(cfg.eval_seeds),
                               "--prompts-per-split", str(cfg.eval_prompts),
                               "--steps", str(cfg.eval_steps), "--resolution", str(cfg.resolution),
-                              "--objects", str(cfg.objects), "--vae-data", data,
-                              *(["--simple"] if cfg.simple else [])]),
+                              "--vae-data", data, *task]),
     ]
 
 

@@ -15,6 +15,7 @@ import train_vae
 from ldm import recipe
 from ldm.cli import parse_config
 from pipelines import generate
+from pipelines.evaluate import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = ["--vae-steps", "2", "--vae-batch-size", "4", "--ldm-steps", "2", "--ldm-batch-size", "4",
@@ -139,3 +140,20 @@ def test_both_variants_train_with_the_trainers_defaults(tmp_path):
         assert (ldm.min_snr_gamma, ldm.snr_floor) == (recipe.MIN_SNR_GAMMA, recipe.SCRATCH_SNR_FLOOR)
         assert ldm.ema and ldm.ema_decay == recipe.ema_decay_for(ldm.max_steps) and ldm.lr_schedule == "cosine"
         assert {choice.name for choice in ldm.chosen_defaults} >= {"preset", "lr", "ema_decay", "snr_floor"}
+
+
+def test_emoji_quickstart_holds_tones_out_of_stage_2_and_evaluates_them(tmp_path, capsys):
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    cfg = parse_config(quickstart.QuickstartConfig, ["--data", "emoji", "--output-dir", str(tmp_path)])
+    commands = {name: argv for name, _, argv in quickstart.stage_commands(cfg, tmp_path)}
+    assert flag(commands["stage1"], "--data") == "emoji"  # the VAE, a codec without captions, sees every tone
+    assert flag(commands["stage2"], "--data") == "emoji:heldouttones=1" and "--data-size" not in commands["stage2"]
+    assert flag(commands["eval"], "--task") == "emoji" and "--objects" not in commands["eval"]
+    evaluation = parse_config(EvalConfig, commands["eval"][2:])
+    assert (evaluation.task, evaluation.model) == ("emoji", str(tmp_path / "stage2"))
+    assert parse_config(train_ldm.TrainConfig, commands["stage2"][2:]).text_preset == "tiny"
+    assert quickstart.main(["--data", "emoji", "--simple"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --simple and --objects") and "\n" not in err

@@ -258,22 +258,20 @@ async def job_events(queue: JobQueue, job: Job):
                 yield line({"event": "queued", "job": job.id, "position": position})
             elif job.state == "running" and sent != ("running", job.preview_number):
                 sent = ("running", job.preview_number)
-                preview = None if job.preview is None else data_url(job.preview)
-                yield line(
-                    {
-                        "event": "progress",
-                        "job": job.id,
-                        "step": job.step,
-                        "total": job.total_steps,
-                        "preview": preview,
-                    }
-                )
+                yield line(progress_event(job))
             elif job.state in FINAL_STATES:
+                if job.step and sent != ("running", job.preview_number):
+                    yield line(progress_event(job))  # a job quicker than one poll still shows its last step
                 yield line(outcome(job))
                 return
             await asyncio.sleep(POLL_SECONDS)
     finally:
         queue.cancel(job, "disconnected")  # no-op once the job has finished
+
+
+def progress_event(job: Job) -> dict:
+    preview = None if job.preview is None else data_url(job.preview)
+    return {"event": "progress", "job": job.id, "step": job.step, "total": job.total_steps, "preview": preview}
 
 
 def outcome(job: Job) -> dict:
