@@ -269,39 +269,22 @@ def batchable(first: GenerationRequest, other: GenerationRequest) -> bool:
 def generate_config(request: GenerationRequest, model: str, loras: tuple[str, ...] = ()) -> GenerateConfig:
     """The `ldm-generate` settings equal to `request` (and the server's adapters), for its PNG metadata; an
     edit's files are named `UPLOADED` (their sha256s say which), its size is the init image's."""
+    common = dict(lora=loras, prompt=request.prompt, model=model, num_images=request.num_images,
+                  steps=request.steps, guidance_scale=request.guidance_scale, seed=request.seed,
+                  scheduler=request.sampler, negative_prompt=request.negative_prompt)
     edit = request.edit
-    if edit is not None:
-        return GenerateConfig(
-            lora=loras,
-            prompt=request.prompt,
-            model=model,
-            num_images=request.num_images,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed,
-            scheduler=request.sampler,
-            negative_prompt=request.negative_prompt,
-            image=UPLOADED,
-            strength=edit.strength,
-            mask_image=None if edit.mask is None else UPLOADED,
-            keep_unmasked=edit.keep_unmasked,
-            mask_blur=edit.mask_blur,
-            outpaint=None if edit.outpaint is None else ",".join(map(str, edit.outpaint)),
-            repaint_jump_length=edit.jump_length,
-            repaint_jump_n_sample=edit.jump_n_sample,
-        )
+    if edit is None:
+        return GenerateConfig(**common, height=request.height, width=request.width)
     return GenerateConfig(
-        lora=loras,
-        prompt=request.prompt,
-        model=model,
-        num_images=request.num_images,
-        steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        seed=request.seed,
-        scheduler=request.sampler,
-        negative_prompt=request.negative_prompt,
-        height=request.height,
-        width=request.width,
+        **common,
+        image=UPLOADED,
+        strength=edit.strength,
+        mask_image=None if edit.mask is None else UPLOADED,
+        keep_unmasked=edit.keep_unmasked,
+        mask_blur=edit.mask_blur,
+        outpaint=None if edit.outpaint is None else ",".join(map(str, edit.outpaint)),
+        repaint_jump_length=edit.jump_length,
+        repaint_jump_n_sample=edit.jump_n_sample,
     )
 
 
