@@ -225,35 +225,43 @@ def score_prompt(item: EvalPrompt, images, *, w: float, seeds, files) -> tuple[l
     return rows, (metrics.diversity(images) if len(images) > 1 else None)
 
 
+def sample_and_save(pipe, indexed: list[tuple[int, object]], config: EvalConfig, w: float, out_dir: Path):
+    """Sample every (index, prompt item) of `indexed` at guidance weight `w` with its seeds, whole prompts per
+    call up to `config.batch_size` images, and save each image under OUT/samples/w{w}/. Yields
+    (index, item, seeds, images, files) per prompt; shared by the shapes and emoji sweeps."""
+    (out_dir / "samples" / f"w{w:g}").mkdir(parents=True, exist_ok=True)
+    per_call = max(1, config.batch_size // config.seeds_per_prompt)
+    for start in range(0, len(indexed), per_call):
+        chunk = indexed[start:start + per_call]
+        seeds = [sample_seeds(seed=config.seed, prompt_index=index, count=config.seeds_per_prompt)
+                 for index, _ in chunk]
+        batches = sample_prompts(pipe, [item.prompt for _, item in chunk], seeds=seeds,
+                                 guidance_scale=guidance_scale_from_weight(w), steps=config.steps,
+                                 resolution=config.resolution)
+        for (index, item), item_seeds, images in zip(chunk, seeds, batches):
+            files = [f"samples/w{w:g}/{item.split}-{index:03d}-seed{s}.png" for s in item_seeds]
+            for image, file in zip(images, files):
+                image.save(out_dir / file)
+            yield index, item, item_seeds, images, files
+
+
 def run_sweep(pipe, prompts: list[EvalPrompt], config: EvalConfig,
               out_dir: Path) -> tuple[list[dict], list[dict]]:
     """Sample, save and read every (w, prompt, seed); write one grid per w. Returns (samples, diversities)."""
     samples, diversities = [], []
     indexed = list(enumerate(prompts))
-    per_call = max(1, config.batch_size // config.seeds_per_prompt)
     for w in config.guidance_weights():
         started, grid_images, grid_captions = time.perf_counter(), [], []
-        (out_dir / "samples" / f"w{w:g}").mkdir(parents=True, exist_ok=True)
-        for start in range(0, len(indexed), per_call):
-            chunk = indexed[start:start + per_call]
-            seeds = [sample_seeds(seed=config.seed, prompt_index=index, count=config.seeds_per_prompt)
-                     for index, _ in chunk]
-            batches = sample_prompts(pipe, [item.prompt for _, item in chunk], seeds=seeds,
-                                     guidance_scale=guidance_scale_from_weight(w), steps=config.steps,
-                                     resolution=config.resolution)
-            for (index, item), item_seeds, images in zip(chunk, seeds, batches):
-                files = [f"samples/w{w:g}/{item.split}-{index:03d}-seed{s}.png" for s in item_seeds]
-                for image, file in zip(images, files):
-                    image.save(out_dir / file)
-                rows, value = score_prompt(item, images, w=w, seeds=item_seeds, files=files)
-                samples += rows
-                if value is not None:
-                    diversities.append({"w": w, "split": item.split, "prompt": item.prompt, "diversity": value})
-                scale = max(1, GRID_CELL // config.resolution)
-                grid_images += [im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-                                for im in images[:GRID_SEEDS]]
-                grid_captions += [f"{'held-out' if item.split == 'held_out' else 'seen'}: {item.prompt}"] + \
-                    [""] * (min(GRID_SEEDS, len(images)) - 1)
+        for _, item, item_seeds, images, files in sample_and_save(pipe, indexed, config, w, out_dir):
+            rows, value = score_prompt(item, images, w=w, seeds=item_seeds, files=files)
+            samples += rows
+            if value is not None:
+                diversities.append({"w": w, "split": item.split, "prompt": item.prompt, "diversity": value})
+            scale = max(1, GRID_CELL // config.resolution)
+            grid_images += [im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+                            for im in images[:GRID_SEEDS]]
+            grid_captions += [f"{'held-out' if item.split == 'held_out' else 'seen'}: {item.prompt}"] + \
+                [""] * (min(GRID_SEEDS, len(images)) - 1)
         make_grid(grid_images, captions=grid_captions, ncols=min(GRID_SEEDS, config.seeds_per_prompt)).save(
             out_dir / f"grid_w{w:g}.png")
         at_w = [s for s in samples if s["w"] == w]

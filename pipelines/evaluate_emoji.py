@@ -35,7 +35,7 @@ from ldm.eval.tone_reader import ToneReader
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
 from pipelines.evaluate import (GRID_CELL, GRID_SEEDS, VAE_BATCH, EvalConfig, evaluate_vae, prepare_pipeline,
-                                sample_prompts, sample_seeds)
+                                sample_and_save)
 
 logger = logging.getLogger("ldm-eval")
 
@@ -108,30 +108,20 @@ def run_emoji_sweep(pipe, prompts: list[EmojiPrompt], config: EvalConfig, out_di
     """Sample, save and read every (w, prompt, seed); one grid per w. Returns (samples, diversities)."""
     samples, diversities = [], []
     glyph_of = {s: i for i, s in enumerate(glyphs.sequences)}
-    per_call = max(1, config.batch_size // config.seeds_per_prompt)
     shown = min(GRID_SEEDS, config.seeds_per_prompt)
     for w in config.guidance_weights():
         started, tiles, captions = time.perf_counter(), [], []
-        (out_dir / "samples" / f"w{w:g}").mkdir(parents=True, exist_ok=True)
-        for start in range(0, len(prompts), per_call):
-            chunk = list(enumerate(prompts))[start:start + per_call]
-            seeds = [sample_seeds(seed=config.seed, prompt_index=k, count=config.seeds_per_prompt) for k, _ in chunk]
-            batches = sample_prompts(pipe, [item.prompt for _, item in chunk], seeds=seeds,
-                                     guidance_scale=guidance_scale_from_weight(w), steps=config.steps,
-                                     resolution=config.resolution)
-            for (k, item), item_seeds, images in zip(chunk, seeds, batches):
-                files = [f"samples/w{w:g}/{item.split}-{k:03d}-seed{s}.png" for s in item_seeds]
-                for image, file in zip(images, files):
-                    image.save(out_dir / file)
-                for row, seed, file in zip(read_samples(images, item, *readers), item_seeds, files):
-                    samples.append({"w": w, "split": item.split, "prompt": item.prompt, "seed": seed,
-                                    "file": file, **row})
-                if len(images) > 1:
-                    diversities.append({"w": w, "split": item.split, "prompt": item.prompt,
-                                        "diversity": metrics.diversity(images)})
-                new_tiles, new_captions = _grid_tiles(glyphs.pixels[glyph_of[item.sequence]], images[:shown],
-                                                      item, max(1, GRID_CELL // config.resolution))
-                tiles, captions = tiles + new_tiles, captions + new_captions
+        for _, item, item_seeds, images, files in sample_and_save(pipe, list(enumerate(prompts)), config, w,
+                                                                  out_dir):
+            for row, seed, file in zip(read_samples(images, item, *readers), item_seeds, files):
+                samples.append({"w": w, "split": item.split, "prompt": item.prompt, "seed": seed,
+                                "file": file, **row})
+            if len(images) > 1:
+                diversities.append({"w": w, "split": item.split, "prompt": item.prompt,
+                                    "diversity": metrics.diversity(images)})
+            new_tiles, new_captions = _grid_tiles(glyphs.pixels[glyph_of[item.sequence]], images[:shown],
+                                                  item, max(1, GRID_CELL // config.resolution))
+            tiles, captions = tiles + new_tiles, captions + new_captions
         make_grid(tiles, captions=captions, ncols=1 + shown).save(out_dir / f"grid_w{w:g}.png")
         rate = np.mean([s["adherent"] for s in samples if s["w"] == w])
         logger.info("w = %g: adherence %.1f%% (%.1f s)", w, 100 * rate, time.perf_counter() - started)
