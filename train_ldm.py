@@ -177,7 +177,8 @@ class TrainConfig:
                                                                       "CPU cores (pass --preset for a GPU)"))
         if self.pretrained and not self.text_encoder:
             self.text_encoder = self.pretrained  # the U-Net's cross-attention expects that pipeline's encoder
-        self._choices += recipe.fill(self, recipe.stage2_rules(self, self._base_scheduler()))
+        self._base = self._base_scheduler()  # {} from scratch
+        self._choices += recipe.fill(self, recipe.stage2_rules(self, self._base))
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"--cond-dropout must be in [0, 1], got {self.cond_dropout}.")
         if self.norm_num_groups is not None and (self.norm_num_groups < 1 or self.pretrained):
@@ -227,7 +228,7 @@ class TrainConfig:
             raise ValueError("--lora-text-encoder: this text encoder has no transformer layers to adapt (preset "
                              "'embeddings'); each word piece reaches the U-Net's cross-attention as it is, so "
                              "the U-Net adapter alone learns new words.")
-        base = self._base_scheduler()
+        base = self._base
         for name in ("prediction_type", "beta_schedule", "num_train_timesteps"):
             if name in base and base[name] != getattr(self, name):  # an adapter must learn the base's objective
                 raise ValueError(f"the base {self.pretrained} was trained with {name} {base[name]}; pass "

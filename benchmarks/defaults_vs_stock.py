@@ -36,9 +36,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from autoencoder import measure_scaling_factor
 from autoencoder.presets import VAE_PRESETS
 from ldm.data import open_dataset
 from ldm.tokenizer import train_clip_tokenizer
+from pipelines.evaluate import evaluate_vae
 from pipelines.folder import save_pipeline_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +85,7 @@ def stock_stage1(images: torch.Tensor, *, budget: float, resolution: int, seed: 
         optimizer.step()
         step += 1
     with torch.no_grad():  # the LDM paper's scale: unit variance of the latents
-        latents = vae.encode(images[:512]).latent_dist.sample()
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        vae.register_to_config(scaling_factor=measure_scaling_factor(vae, [images[:512]]))
     return vae.eval().requires_grad_(False), step
 
 
@@ -137,9 +138,7 @@ def evaluate(model: Path, out: Path, args) -> dict:
                 "--prompts", str(args.prompts), "--seeds", str(args.seeds), "--resolution", str(args.resolution)]
         run_timed(argv, out.with_suffix(".log"))
         report = json.loads((out / "eval.json").read_text())
-        from diffusers import AutoencoderKL as VAE
-        from pipelines.evaluate import evaluate_vae
-        vae = evaluate_vae(VAE.from_pretrained(str(model / "vae")), data=args.data, samples=256,
+        vae = evaluate_vae(AutoencoderKL.from_pretrained(str(model / "vae")), data=args.data, samples=256,
                            resolution=args.resolution)
         by_w = {split: {e["w"]: round(100 * e[split], 1) for e in report["sweep"]} for split in ("held_out", "seen")}
         best = report["best"]

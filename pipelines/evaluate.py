@@ -362,6 +362,22 @@ def prepare_pipeline(config: EvalConfig, out_dir: Path) -> tuple[EvalConfig, obj
     return config, pipe, loras, device
 
 
+def plot_sweep(sweep: list[dict], out_dir: Path) -> None:
+    """OUT/adherence_vs_guidance.png: seen and held-out adherence and diversity against w (every task)."""
+    plot_guidance_sweep(out_dir / "adherence_vs_guidance.png", weights=[e["w"] for e in sweep],
+                        adherence_seen=[e["adherence"]["seen"]["rate"] for e in sweep],
+                        adherence_held_out=[e["adherence"]["held_out"]["rate"] for e in sweep],
+                        diversity=[e["diversity"]["all"] for e in sweep])
+
+
+def vae_figures(pipe, config: EvalConfig) -> dict:
+    """The pipeline VAE's PSNR / SSIM on --vae-data, or {"skipped": why}."""
+    if config.vae_samples and getattr(pipe, "vae", None) is not None:
+        return evaluate_vae(pipe.vae, data=config.vae_data, samples=config.vae_samples,
+                            resolution=config.resolution)
+    return {"skipped": "--vae-samples 0" if not config.vae_samples else "the pipeline has no vae"}
+
+
 def evaluate(config: EvalConfig) -> dict:
     """Run the whole evaluation and write EVALDIR; returns the eval.json content."""
     if config.task == "emoji":
@@ -385,16 +401,8 @@ def evaluate(config: EvalConfig) -> dict:
                                     s["attributes"], backgrounds[s["prompt"]]) for s in samples]
     per_prompt = [metrics.PromptDiversity(**d) for d in diversities]
     sweep = metrics.summarise_sweep(records, per_prompt, weights=config.guidance_weights())
-    plot_guidance_sweep(out_dir / "adherence_vs_guidance.png", weights=[e["w"] for e in sweep],
-                        adherence_seen=[e["adherence"]["seen"]["rate"] for e in sweep],
-                        adherence_held_out=[e["adherence"]["held_out"]["rate"] for e in sweep],
-                        diversity=[e["diversity"]["all"] for e in sweep])
-
-    if config.vae_samples and getattr(pipe, "vae", None) is not None:
-        vae = evaluate_vae(pipe.vae, data=config.vae_data, samples=config.vae_samples,
-                           resolution=config.resolution)
-    else:
-        vae = {"skipped": "--vae-samples 0" if not config.vae_samples else "the pipeline has no vae"}
+    plot_sweep(sweep, out_dir)
+    vae = vae_figures(pipe, config)
     fidelity = fid_kid(samples, prompts, weights_path=config.fid_weights, out_dir=out_dir,
                        resolution=config.resolution)
     if "skipped" in fidelity:

@@ -30,12 +30,11 @@ from PIL import Image
 from ldm.data import emoji as emoji_data
 from ldm.eval import metrics
 from ldm.eval.emoji_reader import EmojiReader, Glyphs, render_glyphs
-from ldm.eval.plot import plot_guidance_sweep
 from ldm.eval.tone_reader import ToneReader
 from ldm.grid import make_grid
 from ldm.guidance import guidance_scale_from_weight
-from pipelines.evaluate import (GRID_CELL, GRID_SEEDS, VAE_BATCH, EvalConfig, evaluate_vae, prepare_pipeline,
-                                sample_and_save)
+from pipelines.evaluate import (GRID_CELL, GRID_SEEDS, VAE_BATCH, EvalConfig, plot_sweep, prepare_pipeline,
+                                sample_and_save, vae_figures)
 
 logger = logging.getLogger("ldm-eval")
 
@@ -203,16 +202,10 @@ def evaluate_emoji(config: EvalConfig) -> dict:
     samples, diversities = run_emoji_sweep(pipe, prompts, config, out_dir, glyphs, readers)
     sampling_s = time.perf_counter() - started
     sweep = summarise_emoji_sweep(samples, diversities, weights=config.guidance_weights())
-    plot_guidance_sweep(out_dir / "adherence_vs_guidance.png", weights=[e["w"] for e in sweep],
-                        adherence_seen=[e["adherence"]["seen"]["rate"] for e in sweep],
-                        adherence_held_out=[e["adherence"]["held_out"]["rate"] for e in sweep],
-                        diversity=[e["diversity"]["all"] for e in sweep])
-    if config.vae_samples and getattr(pipe, "vae", None) is not None:
-        vae = evaluate_vae(pipe.vae, data=config.vae_data, samples=config.vae_samples,
-                           resolution=config.resolution)
+    plot_sweep(sweep, out_dir)
+    vae = vae_figures(pipe, config)
+    if "skipped" not in vae:
         vae["readback"] = vae_readback(pipe.vae, glyphs, prompts, readers)
-    else:
-        vae = {"skipped": "--vae-samples 0" if not config.vae_samples else "the pipeline has no vae"}
     report = {
         "task": "emoji", "config": dataclasses.asdict(config), "device": device,
         "sampling_seconds": round(sampling_s, 2), "trained_without_held_out_pairs": unseen,

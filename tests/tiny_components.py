@@ -71,10 +71,11 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
-def tiny_unet(seed: int = 0, sample_size: int = 8, cross_attention_dim: int = TINY_HIDDEN) -> UNet2DConditionModel:
+def tiny_unet(seed: int = 0, sample_size: int = 8, cross_attention_dim: int = TINY_HIDDEN,
+              in_channels: int = 4) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -84,14 +85,7 @@ def tiny_unet(seed: int = 0, sample_size: int = 8, cross_attention_dim: int = TI
 
 def tiny_inpaint_unet(seed: int = 0, sample_size: int = 8) -> UNet2DConditionModel:
     """The SD-inpainting layout: 9 input channels (4 latents + 1 mask + 4 masked-image latents), 4 out."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=9, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_HIDDEN, attention_head_dim=4,
-    ).eval()
+    return tiny_unet(seed, sample_size, in_channels=9)
 
 
 def sd_scheduler_config() -> dict:
