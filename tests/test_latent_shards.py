@@ -1,5 +1,7 @@
 """ldm/latent_shards.py: chunk files round-trip what was written (float32 exactly, float16 as rounded), are plain
 safetensors, keep buckets apart, and are recognised as finished only for their own key."""
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -51,6 +53,21 @@ def test_items_read_back_exactly_in_item_order(two_chunks):
         cache.posterior(torch.tensor([0, 1]))
     with pytest.raises(IndexError):
         cache.posterior(torch.tensor([7]))
+
+
+def test_rows_in_any_order_and_repeated_read_back_without_mapping_the_files(two_chunks):
+    """Batches are random rows: shuffled, repeated, across chunks. They are read with pread, so no chunk file is
+    mapped into the process (a mapping's fault-around would count the whole cache as the process's memory)."""
+    root, means, stds, captions = two_chunks
+    cache = ShardedLatentCache(root)
+    order = [6, 0, 4, 0, 2, 5, 6]
+    mean, std = cache.posterior(torch.tensor(order))
+    assert torch.equal(mean, torch.stack([means[i] for i in order]))
+    assert torch.equal(std, torch.stack([stds[i] for i in order]))
+    assert cache.captions_of(torch.tensor(order)) == [captions[i] for i in order]
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert chunk_name(0) not in maps.read_text() and chunk_name(1) not in maps.read_text()
 
 
 def test_sample_is_the_posterior_draw(two_chunks):
