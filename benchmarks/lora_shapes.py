@@ -10,7 +10,9 @@ weight) on `shapes:objects=1,novelcolour=1` (pink on circles and squares only), 
 - retention: adherence on the base's own evaluation prompts (seen and held-out pairs), against the base;
 - both adapters at once on "pink diamond" prompts, a pair neither adapter saw;
 and prints a table with trainable parameters, file size, seconds per step and peak memory of each training.
-Everything goes to OUT (results.json, table.md, figure.png); `--reuse` skips trainings already done.
+A first row, "vae ceiling", reads the data's own images of each novel set after the base's VAE has encoded
+and decoded them: a stage-2 model cannot draw what its decoder cannot. Everything goes to OUT (results.json,
+table.md, figure.png); `--reuse` skips trainings already done.
 `--new-tokens pink` gives the colour LoRA the word as a new token with a trained vector (`--lora-new-tokens`);
 `--models` trains and evaluates only the models named (the trainings they need).
 """
@@ -26,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -46,6 +49,10 @@ DATA = {"colour": "shapes:objects=1,novelcolour=1", "shape": "shapes:objects=1,n
 
 
 MODELS = ("base", "lora_colour", "full_colour", "lora_shape", "lora_colour+shape")
+# Which novel draw and split each novel prompt set shows (for the VAE's ceiling row).
+NOVEL_SETS = {"colour_trained": ("colour", "test"), "colour_unseen": ("colour", "heldout"),
+              "shape_trained": ("shape", "test"), "shape_unseen": ("shape", "heldout"),
+              "pink_diamond": ("both", "test")}
 OBJECTIVE = ("prediction_type", "beta_schedule", "num_train_timesteps", "min_snr_gamma", "snr_floor",
              "offset_noise", "zero_terminal_snr")
 
@@ -159,6 +166,27 @@ def adherence(pipe, items, *, args, guidance_scale: float) -> tuple[float, list]
     return sum(flags) / len(flags), shown
 
 
+@torch.no_grad()
+def vae_ceiling(vae, *, count: int, resolution: int) -> dict[str, float]:
+    """Per novel prompt set, the fraction of the data's own images of it whose colour and shape still read right
+    after the base's VAE encodes and decodes them (posterior mean): no stage-2 model on this VAE can draw what
+    its decoder cannot, so this bounds the LoRA and the fine-tune from above."""
+    ceiling = {}
+    for set_name, (novel, split) in NOVEL_SETS.items():
+        scenes = [shapes.scene_for_index(i, seed=0, split=split, max_objects=1, novel=novel) for i in range(count)]
+        pixels = torch.stack([torch.from_numpy(np.asarray(shapes.render_scene(scene, resolution), np.float32))
+                              for scene in scenes]).permute(0, 3, 1, 2) / 127.5 - 1
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        hits = 0
+        for scene, image in zip(scenes, images):
+            obj = scene.objects[0]
+            stated = shapes.Scene(objects=(shapes.ShapeObject(obj.shape, obj.colour, None, None),), background=None)
+            hits += metrics.adherence(stated, read_scene(image))
+        ceiling[set_name] = round(hits / count, 3)
+    return ceiling
+
+
 def load(folder: str, loras=()):
     pipe = load_pipeline(folder)
     pipe.scheduler = make_scheduler("dpm++", pipe.scheduler.config)
@@ -251,7 +279,10 @@ def main(argv=None) -> dict:
               "lora_shape": ["shape_trained", "shape_unseen", "base_seen", "base_held_out", "pink_diamond"],
               "lora_colour+shape": ["pink_diamond", "base_seen", "base_held_out"]}
     guidance = guidance_scale_from_weight(args.w)
-    scores, figure = {}, []
+    scores = {"vae ceiling": vae_ceiling(load_pipeline(args.base).vae, count=args.images_per_set,
+                                         resolution=args.resolution)}
+    print("vae ceiling", scores["vae ceiling"], flush=True)
+    figure = []
     for name, (folder, loras) in models.items():
         if name not in chosen:
             continue
