@@ -15,7 +15,7 @@ def test_parse_source():
     assert parse_source("shapes") == ("shapes", {})
     assert parse_source("shapes:objects=1,size=6000") == ("shapes", {"objects": 1, "size": 6000})
     assert parse_source("/data/my:folder") == ("/data/my:folder", {})
-    with pytest.raises(ValueError, match="allowed: allpairs=N, novelcolour=N, novelshape=N, novelshare=N, objects=N"):
+    with pytest.raises(ValueError, match="allowed: allpairs=N, novelall=N, novelcolour=N, novelshape=N, novelshare=N, objects=N"):
         parse_source("shapes:colour=red")
 
 

@@ -249,6 +249,12 @@ def test_novel_concept_is_opt_in_and_splits_its_pairs():
     assert not {o.colour for i in range(60) for o in plain.scene(i).objects} & {"pink"}
     with pytest.raises(ValueError, match="novelcolour must be 0 or 1"):
         open_dataset("shapes:novelcolour=2", resolution=32)
+    everything = first_pairs("shapes:objects=1,novelall=1", "train") | first_pairs("shapes:objects=1,novelall=1",
+                                                                                     "heldout")
+    assert {"pink"} < {c for c, _ in everything} and {"diamond"} < {s for _, s in everything}
+    assert len(everything) > 30  # of 7 x 5 pairs, in every split
+    with pytest.raises(ValueError, match="novelall=1 already draws"):
+        open_dataset("shapes:novelall=1,novelcolour=1", resolution=32)
     mixed = open_dataset("shapes:objects=1,novelcolour=1,novelshare=30", resolution=32, size=400)
     pink = sum(mixed.scene(i).objects[0].colour == "pink" for i in range(400))
     assert 0.2 < pink / 400 < 0.4  # about 30% new concept, the rest the base's own seen pairs

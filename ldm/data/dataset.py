@@ -13,7 +13,7 @@ from .transforms import flip, to_tensor
 
 SHAPES_SIZES = {"train": 20_000, "test": 1_000, "heldout": 1_000}  # default lengths: an epoch, not a limit
 BUILTIN_OPTIONS = {"shapes": {"objects", "size", "seed", "simple", "allpairs", "novelcolour", "novelshape",
-                              "novelshare"}, "emoji": {"size", "heldouttones"}}
+                              "novelshare", "novelall"}, "emoji": {"size", "heldouttones"}}
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -143,7 +143,7 @@ def open_dataset(
 ) -> torch.utils.data.Dataset:
     """Open any image–caption source; items: {"pixel_values": FloatTensor (3, R, R) in [-1, 1], "caption"}.
 
-    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1,novelshare=P]",
+    source: "shapes[:objects=N,size=N,seed=N,simple=1,allpairs=1,novelcolour=1,novelshape=1,novelall=1,novelshare=P]",
     "emoji[:size=N,heldouttones=1]", a folder (sidecar captions or metadata.jsonl / metadata.csv), a HF `save_to_disk` folder, or .tar shards (a file, a folder, a
     `{000..009}` range, or a glob).
     size: length of shapes, or at most this many samples of other map-style sources.
@@ -159,10 +159,14 @@ def open_dataset(
     if name == "shapes":
         simple, all_pairs = builtin.get("simple", 0), builtin.get("allpairs", 0)
         novel_colour, novel_shape = builtin.get("novelcolour", 0), builtin.get("novelshape", 0)
+        novel_all = builtin.get("novelall", 0)
         for key, value in (("simple", simple), ("allpairs", all_pairs), ("novelcolour", novel_colour),
-                           ("novelshape", novel_shape)):
+                           ("novelshape", novel_shape), ("novelall", novel_all)):
             if value not in (0, 1):
                 raise ValueError(f"shapes {key} must be 0 or 1, got {value}.")
+        if novel_all and (novel_colour or novel_shape):
+            raise ValueError("shapes novelall=1 already draws the novel colour and shape; "
+                             "drop novelcolour/novelshape.")
         return ShapesDataset(
             resolution=resolution,
             split=split,
@@ -172,7 +176,8 @@ def open_dataset(
             random_flip=random_flip,
             simple=bool(simple),
             all_pairs=bool(all_pairs),
-            novel=shapes.NOVEL_KINDS[novel_colour + 2 * novel_shape],  # "", colour, shape, both
+            # "", colour, shape, both; or all
+            novel="all" if novel_all else shapes.NOVEL_KINDS[novel_colour + 2 * novel_shape],
             novel_share=_percent(builtin.get("novelshare", 100), "novelshare"),
         )
     if name == "emoji":

@@ -68,7 +68,7 @@ NOVEL_COLOURS: dict[str, tuple[int, int, int]] = {"pink": (255, 110, 180)}
 NOVEL_SHAPES: tuple[str, ...] = ("diamond",)
 NOVEL_COLOUR_SHAPES = ("circle", "square")  # train/test draw pink only on these; heldout on the other shapes
 NOVEL_SHAPE_COLOURS = ("red", "green", "blue")  # train/test draw diamonds only in these; heldout in the others
-NOVEL_KINDS = ("", "colour", "shape", "both")
+NOVEL_KINDS = ("", "colour", "shape", "both", "all")
 ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **NOVEL_COLOURS}  # what the reader can name
 ALL_SHAPES: tuple[str, ...] = SHAPES + NOVEL_SHAPES
 SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}
@@ -182,9 +182,12 @@ def render_scene(scene: Scene, resolution: int) -> Image.Image:
 def novel_pairs(novel: str, split: str) -> tuple[tuple[str, str], ...]:
     """The colour–shape pairs a `novel` draw uses in `split`: "colour" → pink on NOVEL_COLOUR_SHAPES (train,
     test) or on the other shapes (heldout); "shape" → diamonds in NOVEL_SHAPE_COLOURS or the other colours;
-    "both" → pink diamonds in every split."""
+    "both" → pink diamonds in every split; "all" → every colour on every shape, the novel ones too, in every split
+    (the data of a stage-1 VAE that can draw anything the renderer can, as a general-purpose VAE like SD's can)."""
     if novel == "both":
         return (("pink", "diamond"),)
+    if novel == "all":
+        return tuple((c, s) for c in ALL_COLOURS for s in ALL_SHAPES)
     if novel == "colour":
         shapes = [s for s in SHAPES if (s in NOVEL_COLOUR_SHAPES) != (split == "heldout")]
         return tuple(("pink", s) for s in shapes)
@@ -230,7 +233,7 @@ def sample_scene(
     Multi-object scenes are either repeats ("two blue squares": same colour, shape and size) or distinct
     colour–shape pairs at distinct positions; in "heldout" the first object is a held-out pair and the
     others are seen pairs, in "train"/"test" all are seen pairs (any pair with `all_pairs`). `simple`
-    (max_objects must be 1): one large object in the centre. `novel` ("colour", "shape", "both"): the first
+    (max_objects must be 1): one large object in the centre. `novel` ("colour", "shape", "both", "all"): the first
     object's pair comes from `novel_pairs(novel, split)` instead, in a `novel_share` of the scenes (the others
     are ordinary scenes of `split`: prior-preservation data that keeps what the model knew).
     """
