@@ -77,6 +77,20 @@ def measure(name: str, pipe, *, prompts, w: float, steps: int, evaluations: int,
     return row
 
 
+def cost_model(rows: list[dict]) -> dict:
+    """Least-squares fit of seconds per image = fixed + per_eval · U-Net evaluations over our pipeline's rows
+    (teacher and student at the main w): what a call costs besides the U-Net (text encoder, VAE decoder,
+    scheduler, Python) against one U-Net evaluation, and the images/s ratio to stock that the fit allows at 4
+    evaluations. With fixed > 0 that ratio stays below 50 / 4 = 12.5, however good the student."""
+    ours = [r for r in rows if r["setting"].startswith(("teacher", "student")) and "(" not in r["setting"]]
+    evals = np.array([r["unet_evaluations"] for r in ours], dtype=float)
+    seconds = np.array([1 / r["images_per_s"] for r in ours])
+    per_eval, fixed = np.polyfit(evals, seconds, 1)
+    stock_seconds = 1 / rows[0]["images_per_s"]
+    return {"fixed_ms": 1000 * fixed, "per_eval_ms": 1000 * per_eval,
+            "ceiling_at_4": stock_seconds / (fixed + 4 * per_eval)}
+
+
 def distil_if_needed(args) -> float:
     """The distillation's wall time in seconds: run now, or read from the student's folder."""
     record = Path(args.student) / WALL_TIME_FILE
@@ -172,8 +186,12 @@ def main() -> None:
 
     speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
     print("images/s relative to stock 25 steps: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
+    costs = cost_model(rows)
+    print(f"per image: {costs['fixed_ms']:.2f} ms besides the U-Net + {costs['per_eval_ms']:.2f} ms per U-Net "
+          f"evaluation, so 4 evaluations can be at most {costs['ceiling_at_4']:.1f}x the stock pipeline here")
     plot(rows, out / "adherence_vs_evaluations.png")
     result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs_stock": speedup,
+              "cost_model": costs,
               "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
               "threads": torch.get_num_threads()}
     (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
