@@ -23,6 +23,15 @@ CORRUPT_TAR = "corrupt tar member"
 MISSING_IMAGE = "image file missing"
 
 
+SKIPPED_KEY = "skipped"  # an item {SKIPPED_KEY: reason} stands for a sample that failed to decode
+
+
+def skip_marker(reason: str) -> dict[str, str]:
+    """What a data set hands back, instead of an item, for a sample it could not decode (DataLoader workers
+    cannot count into the main process's `skipped`, so the process that consumes the items counts these)."""
+    return {SKIPPED_KEY: reason}
+
+
 class BadSample(Exception):
     """A sample that cannot be used; `reason` is one of the constants above."""
 

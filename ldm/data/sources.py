@@ -4,7 +4,8 @@ Every source indexes its samples once at construction, checking what is cheap to
 non-empty and UTF-8; image header readable, not a decompression bomb, not smaller than the resolution) and
 counting each rejected sample in `skipped` (reason → count). Images that fail only on full decode
 (truncated files) are counted when first met in `__getitem__`, which then serves the next usable sample, so a
-run never crashes on one bad file and never trains on it.
+run never crashes on one bad file and never trains on it; `item_or_skip` instead hands back a marked skip for
+its caller to count (the latent-cache encoder, whose DataLoader workers cannot count into this object).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from .images import (
     IMAGE_EXTENSIONS,
     MISSING_IMAGE,
     NOT_UTF8,
+    SKIPPED_KEY,
     BadSample,
     NoUsableSamples,
     decode_caption,
     decode_image,
     probe_image,
+    skip_marker,
 )
 from .transforms import image_to_item
 
@@ -57,24 +60,23 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         """Decoded PIL image of record `index` (raises BadSample)."""
         return decode_image(self.records[index][0], min_size=self.resolution)
 
+    def item_or_skip(self, index: int) -> dict:
+        """Item `index`, or `skip_marker(reason)` when its image fails to decode, counted by the caller: in a
+        DataLoader worker `self.skipped` is the worker's copy, which the main process never sees."""
+        try:
+            image = self.load(index)
+        except BadSample as bad:
+            logger.warning("skipping sample %d (%s)", index, bad)
+            return skip_marker(bad.reason)
+        return image_to_item(image, self.records[index][1], resolution=self.resolution, crop=self.crop,
+                             random_flip=self.random_flip, buckets=self.buckets)
+
     def __getitem__(self, index: int) -> dict:
         for offset in range(len(self.records)):
-            i = (index + offset) % len(self.records)
-            try:
-                image = self.load(i)
-            except BadSample as bad:
-                self.skipped[bad.reason] += 1
-                logger.warning("skipping sample %d (%s)", i, bad)
-                continue
-            item = image_to_item(
-                image,
-                self.records[i][1],
-                resolution=self.resolution,
-                crop=self.crop,
-                random_flip=self.random_flip,
-                buckets=self.buckets,
-            )
-            return item
+            item = self.item_or_skip((index + offset) % len(self.records))
+            if SKIPPED_KEY not in item:
+                return item
+            self.skipped[item[SKIPPED_KEY]] += 1
         raise ValueError("No sample of this data set could be decoded.")
 
 
