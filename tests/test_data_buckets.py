@@ -1,5 +1,6 @@
 """ldm/data/buckets.py: kohya-style bucket sizes; each image goes to the bucket nearest its aspect ratio and
-loses only what that bucket's rounding leaves over (checked on the pixels of a gradient image)."""
+loses only what that bucket's rounding leaves over (checked on the pixels of a gradient image); under buckets an
+image is too small only when it would be upscaled to fill its bucket."""
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 
 from ldm.data import open_dataset
 from ldm.data.buckets import BucketSpec, default_spec, resize_to_bucket
+from ldm.data.images import TOO_SMALL, TOO_SMALL_FOR_BUCKET
 
 
 def test_bucket_sizes_follow_the_rules():
@@ -57,3 +59,35 @@ def test_folder_items_come_at_their_bucket_sizes(tmp_path):
     shapes = {item["caption"]: tuple(item["pixel_values"].shape) for item in (dataset[i] for i in range(3))}
     assert shapes == {"a square scene": (3, 32, 32), "a tall scene": (3, 40, 24), "a wide scene": (3, 24, 40)}
     assert tuple(open_dataset(tmp_path, resolution=32)[0]["pixel_values"].shape) == (3, 32, 32)  # default
+
+
+def _folder(root, sizes):
+    root.mkdir(parents=True, exist_ok=True)
+    for width, height in sizes:
+        _gradient(width, height).save(root / f"{width}x{height}.png")
+        (root / f"{width}x{height}.txt").write_text(f"{width} by {height}")
+    return root
+
+
+def test_min_size_under_buckets_rejects_only_what_its_bucket_would_upscale(tmp_path):
+    """At resolution 64 (buckets 32..128 px, step 8) a 128x32 panorama fills the 128x32 bucket as it is: kept
+    with buckets, pixel for pixel, though its shorter side is half the resolution; square crops still reject
+    it. A 120x30 panorama (same bucket) and a 60x60 square (the 64x64 bucket) would need upscaling: rejected."""
+    spec = default_spec(64, min_reso=None, max_reso=None, step=None)
+    sizes = [(128, 32), (32, 128), (120, 30), (60, 60), (64, 64), (200, 90)]
+    folder = _folder(tmp_path, sizes)
+    expected_kept = []
+    for width, height in sizes:  # the rule, independently: resize_to_bucket's scale would exceed 1
+        bucket_w, bucket_h = spec.nearest(width, height)
+        if max(bucket_w / width, bucket_h / height) <= 1:
+            expected_kept.append(f"{width} by {height}")
+    assert sorted(expected_kept) == ["128 by 32", "200 by 90", "32 by 128", "64 by 64"]
+    bucketed = open_dataset(folder, resolution=64, buckets=spec)
+    assert sorted(caption for _, caption in bucketed.records) == sorted(expected_kept)
+    assert dict(bucketed.skipped) == {TOO_SMALL_FOR_BUCKET: 2}
+    panorama = next(i for i, (_, caption) in enumerate(bucketed.records) if caption == "128 by 32")
+    pixels = ((bucketed[panorama]["pixel_values"] + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    assert np.array_equal(pixels, np.asarray(_gradient(128, 32), dtype=np.float32))  # no resize, no crop
+    square = open_dataset(folder, resolution=64)  # square crops: the shorter side must reach the resolution
+    assert sorted(caption for _, caption in square.records) == ["200 by 90", "64 by 64"]
+    assert dict(square.skipped) == {TOO_SMALL: 4}

@@ -85,12 +85,12 @@ def _read_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[str,
         yield key, files
 
 
-def _decode_sample(files: dict[str, bytes], resolution: int) -> tuple:
+def _decode_sample(files: dict[str, bytes], resolution: int, buckets=None) -> tuple:
     image_ext = next((ext for ext in files if ext in IMAGE_EXTENSIONS), None)
     if image_ext is None:
         raise BadSample(MISSING_IMAGE)
     caption = decode_caption(files.get(".txt"))
-    return decode_image(files[image_ext], min_size=resolution), caption
+    return decode_image(files[image_ext], min_size=resolution, buckets=buckets), caption
 
 
 def _consumer() -> tuple[int, int]:
@@ -142,7 +142,7 @@ class TarShardDataset(torch.utils.data.IterableDataset):
         skipped = self.skipped if skipped is None else skipped
         for key, files in samples:
             try:
-                image, caption = _decode_sample(files, self.resolution)
+                image, caption = _decode_sample(files, self.resolution, self.buckets)
             except BadSample as bad:
                 skipped[bad.reason] += 1
                 logger.warning("skipping tar sample %r (%s)", key, bad)
