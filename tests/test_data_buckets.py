@@ -40,14 +40,26 @@ def test_each_image_keeps_all_but_its_buckets_rounding(size):
     assert all(abs(math.log(w / h) - math.log(width / height)) >= mismatch for w, h in spec.sizes)
     out = np.asarray(resize_to_bucket(_gradient(width, height), bucket), dtype=np.float64)
     assert out.shape == (bucket[1], bucket[0], 3)
-    # The fraction of each axis that survives, read off the gradient at the first and last pixel.
+    _assert_cropped_only_by_rounding(out, width, height, bucket)
+    square_kept = min(width, height) / max(width, height)
+    kept_x, kept_y = _kept(out, width, height)
+    assert min(kept_x, kept_y) >= square_kept - 0.04  # never more lost than a centre square would lose
+
+
+def _kept(out, width, height):
+    """The fraction of each axis of a `_gradient(width, height)` that survives in `out` (H, W, 3), read off the
+    gradient at the first and last pixel."""
     kept_x = (out[:, -1, 0].mean() - out[:, 0, 0].mean()) / 255 * width / (width - 1)
     kept_y = (out[-1, :, 1].mean() - out[0, :, 1].mean()) / 255 * height / (height - 1)
+    return kept_x, kept_y
+
+
+def _assert_cropped_only_by_rounding(out, width, height, bucket):
+    kept_x, kept_y = _kept(out, width, height)
+    mismatch = abs(math.log(bucket[0] / bucket[1]) - math.log(width / height))
     expected = math.exp(-mismatch)  # the axis that is too long keeps ratio_bucket / ratio_image of itself
     assert min(kept_x, kept_y) == pytest.approx(expected, abs=0.04)
     assert max(kept_x, kept_y) == pytest.approx(1.0, abs=0.04)  # the other axis is not cut at all
-    square_kept = min(width, height) / max(width, height)
-    assert min(kept_x, kept_y) >= square_kept - 0.04  # never more lost than a centre square would lose
 
 
 def test_folder_items_come_at_their_bucket_sizes(tmp_path):
@@ -58,6 +70,11 @@ def test_folder_items_come_at_their_bucket_sizes(tmp_path):
     dataset = open_dataset(tmp_path, resolution=32, buckets=spec)
     shapes = {item["caption"]: tuple(item["pixel_values"].shape) for item in (dataset[i] for i in range(3))}
     assert shapes == {"a square scene": (3, 32, 32), "a tall scene": (3, 40, 24), "a wide scene": (3, 24, 40)}
+    sizes = {"wide": (128, 64), "tall": (64, 128), "square": (96, 96)}
+    for item in (dataset[i] for i in range(3)):  # through the whole data path: cropped only by the rounding
+        width, height = sizes[item["caption"].split()[1]]
+        pixels = ((item["pixel_values"] + 1) * 127.5).permute(1, 2, 0).double().numpy()
+        _assert_cropped_only_by_rounding(pixels, width, height, spec.nearest(width, height))
     assert tuple(open_dataset(tmp_path, resolution=32)[0]["pixel_values"].shape) == (3, 32, 32)  # default
 
 
