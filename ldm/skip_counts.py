@@ -5,9 +5,10 @@ A sample can be skipped at two moments. Cheap checks (missing or empty caption, 
 run when a source is indexed, in every process alike: those counts are the source's `skipped` before the encode.
 A sample that fails only on full decode (a truncated file) is found by whichever DataLoader worker decodes it,
 a process apart from the encoder: the worker hands back a marked skip (`ldm.data.images.skip_marker`) instead
-of an item, and the process that encodes the chunk counts it. Each chunk's decode-time counts are written atomically, just before the
-chunk itself, to `chunk-NNNNNN.skipped.json` (no file when nothing was skipped), so a resumed encode never counts
-a chunk twice; the main process sums them with the indexing counts into `skipped.json` once every chunk exists.
+of an item, and the process that encodes the chunk counts it. Each chunk's decode-time counts are written
+atomically, just before the chunk itself, to `chunk-NNNNNN.skipped.json` (no file when nothing was skipped), so
+a resumed encode never counts a chunk twice; the main process sums them with the indexing counts into
+`skipped.json` once every chunk exists.
 """
 from __future__ import annotations
 
