@@ -29,6 +29,7 @@ from transformers import CLIPTokenizer
 
 from autoencoder.presets import build_vae
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
+from ldm.bucket_grid import grid_sizes, sample_rows
 from ldm.cli import option, run_command, save_config
 from ldm.data import open_dataset
 from ldm.data.buckets import BucketSpec, default_spec
@@ -352,15 +353,21 @@ def make_optimizer(parameters: list, config: TrainConfig) -> torch.optim.Optimiz
 
 
 @torch.no_grad()
-def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig, path: Path):
-    """Sample `config.prompts` (--sample-prompts) with guidance into one captioned image grid saved at `path`."""
+def sample_grid(*, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig, path: Path,
+                sizes: list[tuple[int, int]] | None = None):
+    """Sample `config.prompts` (--sample-prompts) with guidance into one captioned image grid saved at `path`;
+    with `sizes` ((width, height) of the most-used buckets, `ldm.bucket_grid`), one row per size."""
     pipe = TextToImagePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(config.seed)  # the same noise at every validation
-    images = pipe(config.prompts, num_inference_steps=config.sample_steps,
-                  guidance_scale=config.sample_guidance_scale, generator=generator).images
-    grid = make_grid(images, captions=config.prompts)
+    options = {"num_inference_steps": config.sample_steps, "guidance_scale": config.sample_guidance_scale}
+    if sizes:
+        images, captions = sample_rows(pipe, config.prompts, sizes, seed=config.seed, **options)
+        grid = make_grid(images, captions=captions, ncols=len(config.prompts))
+    else:
+        generator = torch.Generator().manual_seed(config.seed)  # the same noise at every validation
+        images = pipe(config.prompts, generator=generator, **options).images
+        grid = make_grid(images, captions=config.prompts)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     logger.info("validation grid written to %s", path)
@@ -419,6 +426,7 @@ def train(config: TrainConfig) -> Path:
     text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions, output_dir, accelerator)
     text_encoder.to(accelerator.device)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    sample_sizes = grid_sizes(cache.bucket_sizes, vae_factor=vae_factor) if cache.key["buckets"] else None
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,
                       cross_attention_dim=text_encoder.config.hidden_size,
@@ -464,7 +472,8 @@ def train(config: TrainConfig) -> Path:
                 model = accelerator.unwrap_model(unet)
                 model.eval(), text_encoder.eval()
                 sample_grid(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model,
-                            scheduler=sampler, config=config, path=output_dir / "samples" / f"{name}.png")
+                            scheduler=sampler, config=config, path=output_dir / "samples" / f"{name}.png",
+                            sizes=sample_sizes)
                 model.train(), text_encoder.train(train_text)
         accelerator.wait_for_everyone()
 

@@ -6,20 +6,28 @@ decoding images in parallel; within a chunk the encoder batches are always the s
 one-process encode. A chunk is written whole when done (atomic rename), so an encode stopped part-way (Ctrl-C,
 kill -9) resumes with the chunks that are missing and never rewrites a finished one. The main process writes
 the manifest once all chunks exist; only then is the cache readable.
+
+A sample that fails to decode in a DataLoader worker comes back as a marked skip (tar shards: as counts with
+their shard's end), so the process writing the chunk counts it: each process logs its total, and the counts
+are kept beside the cache (ldm/skip_counts.py: per chunk, summed into `skipped.json`).
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ldm.data.images import SKIPPED_KEY
 from ldm.latent_cache import vae_weights_hash
 from ldm.latent_shards import (CACHE_DTYPES, MANIFEST, ShardedLatentCache, chunk_is_done, chunk_name,
                                write_chunk, write_manifest)
+from ldm.skip_counts import (format_skips, read_skipped, remove_chunk_skips_past, sum_chunk_skips,
+                             write_chunk_skips, write_skipped)
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +61,24 @@ def _keep_list(items: list[dict]) -> list[dict]:
     return items  # images of a batch may differ in size (buckets): grouped by shape when encoded
 
 
+class _MarkedSkips(torch.utils.data.Dataset):
+    """A map-style source whose items that fail to decode come back as `skip_marker(reason)` (sources with
+    `item_or_skip`), so the encoder counts them, not a DataLoader worker's copy of the source."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.get = getattr(dataset, "item_or_skip", dataset.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get(index)
+
+
 class _TarChunks(IterableDataset):
-    """("item", chunk, item) for each sample of this worker's tar shards, then ("end", chunk, None)."""
+    """("item", chunk, item) for each sample of this worker's tar shards, then ("end", chunk, skipped) with
+    the shard's skip counts, counted here in the worker and so carried out of it."""
 
     def __init__(self, dataset, chunks: list[int]):
         self.dataset, self.chunks = dataset, chunks
@@ -63,9 +87,10 @@ class _TarChunks(IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for chunk in self.chunks[worker::workers]:
-            for item in self.dataset.shard_items(self.dataset.shards[chunk]):
+            skipped = Counter()
+            for item in self.dataset.shard_items(self.dataset.shards[chunk], skipped):
                 yield "item", chunk, item
-            yield "end", chunk, None
+            yield "end", chunk, dict(skipped)
 
 
 class _ChunkBatches:
@@ -93,12 +118,13 @@ class _ChunkBatches:
 def _map_stream(dataset, chunks: list[int], *, chunk_size: int, batch_size: int,
                 num_workers: int) -> Iterator[tuple]:
     batches = _ChunkBatches(chunks, chunk_size=chunk_size, batch_size=batch_size, num_items=len(dataset))
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_keep_list)
+    loader = DataLoader(_MarkedSkips(dataset), batch_sampler=batches, num_workers=num_workers,
+                        collate_fn=_keep_list)
     for (chunk, _, last), items in zip(batches.plan(), loader):
         for item in items:
-            yield "item", chunk, item
+            yield ("skip", chunk, item[SKIPPED_KEY]) if SKIPPED_KEY in item else ("item", chunk, item)
         if last:
-            yield "end", chunk, None
+            yield "end", chunk, {}
 
 
 def _tar_stream(dataset, chunks: list[int], *, num_workers: int) -> Iterator[tuple]:
@@ -115,11 +141,19 @@ class _ChunkEncoder:
         self.vae, self.cache_dir, self.key, self.batch_size, self.device = vae, cache_dir, key, batch_size, device
         self.dtype = next(vae.parameters()).dtype
         self.store_dtype = CACHE_DTYPES[key["dtype"]]
-        self.pending: dict[int, dict[str, list]] = {}
+        self.pending: dict[int, dict] = {}
         self.items = 0
+        self.skipped: Counter = Counter()  # decode-time skips of the chunks this process encoded
+
+    def _state(self, chunk: int) -> dict:
+        return self.pending.setdefault(chunk, {"pixels": [], "means": [], "stds": [], "captions": [],
+                                               "skipped": Counter()})
+
+    def skip(self, chunk: int, reason: str) -> None:
+        self._state(chunk)["skipped"][reason] += 1
 
     def add(self, chunk: int, item: dict) -> None:
-        state = self.pending.setdefault(chunk, {"pixels": [], "means": [], "stds": [], "captions": []})
+        state = self._state(chunk)
         state["pixels"].append(item["pixel_values"])
         state["captions"].append(item["caption"])
         if len(state["pixels"]) == self.batch_size:
@@ -140,10 +174,15 @@ class _ChunkEncoder:
         state["stds"] += stds
         self.items += len(pixels)
 
-    def end(self, chunk: int) -> None:
-        state = self.pending.pop(chunk, {"pixels": [], "means": [], "stds": [], "captions": []})
+    def end(self, chunk: int, skipped: dict[str, int]) -> None:
+        """Encode what is left of `chunk` and write it, its skip counts (plus `skipped`, counted elsewhere)
+        first: a chunk on disk always has its counts beside it."""
+        self._state(chunk)["skipped"].update(skipped)
+        state = self.pending.pop(chunk)
         if state["pixels"]:
             self._flush(state)
+        write_chunk_skips(self.cache_dir, chunk, state["skipped"], key=self.key)
+        self.skipped.update(state["skipped"])
         write_chunk(self.cache_dir / chunk_name(chunk), means=state["means"], stds=state["stds"],
                     captions=state["captions"], key=self.key, dtype=self.store_dtype)
 
@@ -179,12 +218,16 @@ def encode_chunks(vae, dataset, *, cache_dir: Path, key: dict[str, str], rank: i
         if kind == "item":
             encoder.add(chunk, item)
             continue
-        encoder.end(chunk)
+        if kind == "skip":
+            encoder.skip(chunk, item)
+            continue
+        encoder.end(chunk, item)
         done += 1
         if time.perf_counter() - last_log > LOG_EVERY_S or done == len(mine):
             last_log = time.perf_counter()
             logger.info("process %d: %d/%d chunks, %d images encoded (%.1f images/s)", rank, done, len(mine),
                         encoder.items, encoder.items / max(last_log - start, 1e-9))
+    logger.info("process %d: %s while decoding its chunks", rank, format_skips(encoder.skipped))
     return total
 
 
@@ -198,8 +241,10 @@ def build_latent_cache(vae, dataset, *, cache_dir: str | Path, key: dict[str, st
     cache_dir = Path(cache_dir)
     cache = open_if_current(cache_dir, key)
     if cache is not None:
-        logger.info("Reusing the latent cache in %s (%d images).", cache_dir, len(cache))
+        logger.info("Reusing the latent cache in %s (%d images; its encode %s).", cache_dir, len(cache),
+                    format_skips(read_skipped(cache_dir)))
         return cache
+    indexing = dict(getattr(dataset, "skipped", {}))  # the cheap checks', before any decode adds to it
     cache_dir.mkdir(parents=True, exist_ok=True)
     barrier()  # everyone has looked at the old manifest before the main process removes it
     if rank == 0:
@@ -212,6 +257,9 @@ def build_latent_cache(vae, dataset, *, cache_dir: str | Path, key: dict[str, st
     if rank == 0:
         try:
             _remove_leftovers(cache_dir, total)
+            skipped = write_skipped(cache_dir, indexing=indexing,  # before the manifest: always there
+                                    decoding=sum_chunk_skips(cache_dir, total, key=key))
+            logger.info("latent cache %s: %s", cache_dir, format_skips(skipped["reasons"]))
             write_manifest(cache_dir, key=key, num_chunks=total)
         except (RuntimeError, ValueError) as err:
             error = err
@@ -228,3 +276,4 @@ def _remove_leftovers(cache_dir: Path, num_chunks: int) -> None:
     for path in cache_dir.glob("chunk-*.safetensors"):
         if int(path.name.split("-")[1].split(".")[0]) >= num_chunks:
             path.unlink(missing_ok=True)
+    remove_chunk_skips_past(cache_dir, num_chunks)

@@ -14,9 +14,11 @@ from test_data_webdataset import _add, _png, _write_shards
 from tiny_components import tiny_vae
 
 from ldm.data import open_dataset
+from ldm.data.images import NOT_AN_IMAGE
 from ldm.encode_shards import build_latent_cache, encode_chunks, shard_cache_key
 from ldm.latent_cache import encode_dataset
 from ldm.latent_shards import MANIFEST, ShardedLatentCache, chunk_name
+from ldm.skip_counts import read_skipped
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +128,7 @@ def test_tar_shards_stream_one_chunk_each_and_skip_bad_samples(tmp_path):
     cache = build_latent_cache(vae, dataset, cache_dir=tmp_path / "c", key=_key(vae, source=str(folder)),
                                num_workers=2, batch_size=4)
     assert cache.counts == [2, 2, 2, 1]
+    assert read_skipped(tmp_path / "c") == {NOT_AN_IMAGE: 1}  # found in a worker, counted by the encoder
     assert list(cache.iter_captions()) == [f"sample {k}" for k in range(7)]
     reference = encode_dataset(vae, open_dataset(folder, resolution=32), batch_size=7)
     torch.testing.assert_close(cache.posterior(torch.arange(7))[0], reference.mean, rtol=1e-5, atol=1e-5)

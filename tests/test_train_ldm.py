@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -13,7 +14,10 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import train_ldm
+from ldm.bucket_grid import sample_rows
 from ldm.data import cli as data_cli
+from ldm.grid import make_grid
+from pipelines.pipeline_text_to_image import TextToImagePipeline
 from launching import launch_two_processes
 from resuming import cut_back_to
 from interrupting import interrupt_when_training, last_line
@@ -154,9 +158,12 @@ def _mixed_aspect_folder(folder):
 
 def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp_path, caplog):
     """A folder of wide, tall and square images trains in three buckets, each batch from one; stopped after N
-    of 2N steps and resumed, it ends bit for bit as 2N straight steps; the saved pipeline samples at every bucket's size."""
+    of 2N steps and resumed, it ends bit for bit as 2N straight steps; the saved pipeline samples at every bucket's
+    size, and the validation grid has one row per bucket: what the saved pipeline draws at that size."""
     data = _mixed_aspect_folder(tmp_path / "data")
-    common = ["--buckets", "--batch-size", "2", "--checkpoint-every", "2"]
+    prompts = ["a red disc in a wide scene", "a blue disc in a tall scene"]
+    common = ["--buckets", "--batch-size", "2", "--checkpoint-every", "2", "--sample-prompts", "|".join(prompts),
+              "--sample-steps", "2"]
 
     def args(out, steps, *extra):
         argv = _args(parts, out, "--max-steps", str(steps), *common, *extra)
@@ -171,6 +178,13 @@ def test_buckets_train_resume_exactly_and_sample_at_each_buckets_size(parts, tmp
     assert train_ldm.main(args(tmp_path / "split", 4, "--resume", "latest")) == 0
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "split"), local_files_only=True,
                                                    safety_checker=None)
+    ours = TextToImagePipeline.from_pretrained(str(tmp_path / "straight"))
+    ours.set_progress_bar_config(disable=True)
+    images, captions = sample_rows(ours, prompts, [(40, 24), (32, 32), (24, 40)], seed=0, num_inference_steps=2,
+                                   guidance_scale=4.0)
+    grid = np.asarray(Image.open(tmp_path / "straight" / "samples" / "final.png"), dtype=np.int16)
+    expected = np.asarray(make_grid(images, captions=captions, ncols=2), dtype=np.int16)
+    assert grid.shape == expected.shape and np.abs(grid - expected).max() <= 1  # a uint8 rounding at most
     for width, height in ((40, 24), (24, 40), (32, 32)):
         image = pipe("a red disc in a wide scene", num_inference_steps=2, width=width, height=height,
                      output_type="np", generator=torch.Generator().manual_seed(0)).images

@@ -45,6 +45,14 @@ class BucketSpec:
                 sizes.update({(width, height), (height, width)})
         return sorted(sizes, key=lambda size: size[0] / size[1])
 
+    def too_small(self, width: int, height: int) -> bool:
+        """The min-size rule under buckets: whether an image of `width` x `height` pixels (as its EXIF
+        orientation turns it) would have to be upscaled to fill its bucket, i.e. is narrower or lower than
+        `nearest(width, height)`, so that `resize_to_bucket` would scale it by max(bucket_w / width,
+        bucket_h / height) > 1. A 512x128 panorama at resolution 256 fills the 512x128 bucket as it is."""
+        bucket_w, bucket_h = self.nearest(width, height)
+        return width < bucket_w or height < bucket_h
+
     def nearest(self, width: int, height: int) -> tuple[int, int]:
         """The bucket whose aspect ratio is nearest the image's (on a log scale, so 2:1 and 1:2 are alike)."""
         ratio = math.log(width / height)

@@ -16,6 +16,7 @@ from autoencoder.presets import build_vae
 
 from ..encode_shards import DEFAULT_CHUNK_SIZE, build_latent_cache, cache_source, shard_cache_key
 from ..latent_shards import chunk_name
+from ..skip_counts import SKIPPED_FILE, format_skips, read_skipped
 from .buckets import bucket_spec
 from .dataset import open_dataset
 
@@ -55,6 +56,7 @@ def run_cache(args) -> int:
         size = sum((out / chunk_name(c)).stat().st_size for c in range(len(cache.counts)))
         buckets = ", ".join(f"{name}: {count}" for name, count in cache.bucket_sizes.items())
         print(f"wrote {out}: {len(cache)} images in {len(cache.counts)} chunks, {size / len(cache):.0f} bytes "
-              f"per image; images per latent size {buckets}")
+              f"per image; images per latent size {buckets}; {format_skips(read_skipped(out))} "
+              f"(counts in {out / SKIPPED_FILE})")
     accelerator.end_training()
     return 0

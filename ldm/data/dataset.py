@@ -113,11 +113,12 @@ def _open_path(path: str, *, split: str, caption_column: str, caption_ext: str, 
     metadata = next((root / m for m in ("metadata.jsonl", "metadata.csv") if (root / m).is_file()), None)
     if metadata is not None:
         records, skipped = sources.index_metadata_folder(
-            root, metadata, resolution=options["resolution"], caption_column=caption_column
+            root, metadata, resolution=options["resolution"], caption_column=caption_column,
+            buckets=options["buckets"],
         )
     else:
         records, skipped = sources.index_caption_folder(
-            root, resolution=options["resolution"], caption_ext=caption_ext
+            root, resolution=options["resolution"], caption_ext=caption_ext, buckets=options["buckets"]
         )
     return sources.ImageCaptionDataset(records, skipped, name=path, **options)
 

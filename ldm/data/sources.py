@@ -1,10 +1,12 @@
 """Map-style sources of users' data: folder with sidecar captions, imagefolder with metadata, HF dataset.
 
 Every source indexes its samples once at construction, checking what is cheap to check (caption present,
-non-empty and UTF-8; image header readable, not a decompression bomb, not smaller than the resolution) and
+non-empty and UTF-8; image header readable, not a decompression bomb, not too small: shorter side below the
+resolution, or with buckets, smaller than its bucket, see `images.probe_image`) and
 counting each rejected sample in `skipped` (reason → count). Images that fail only on full decode
 (truncated files) are counted when first met in `__getitem__`, which then serves the next usable sample, so a
-run never crashes on one bad file and never trains on it.
+run never crashes on one bad file and never trains on it; `item_or_skip` instead hands back a marked skip for
+its caller to count (the latent-cache encoder, whose DataLoader workers cannot count into this object).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from .images import (
     IMAGE_EXTENSIONS,
     MISSING_IMAGE,
     NOT_UTF8,
+    SKIPPED_KEY,
     BadSample,
     NoUsableSamples,
     decode_caption,
     decode_image,
     probe_image,
+    skip_marker,
 )
 from .transforms import image_to_item
 
@@ -55,32 +59,31 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     def load(self, index: int):
         """Decoded PIL image of record `index` (raises BadSample)."""
-        return decode_image(self.records[index][0], min_size=self.resolution)
+        return decode_image(self.records[index][0], min_size=self.resolution, buckets=self.buckets)
+
+    def item_or_skip(self, index: int) -> dict:
+        """Item `index`, or `skip_marker(reason)` when its image fails to decode, counted by the caller: in a
+        DataLoader worker `self.skipped` is the worker's copy, which the main process never sees."""
+        try:
+            image = self.load(index)
+        except BadSample as bad:
+            logger.warning("skipping sample %d (%s)", index, bad)
+            return skip_marker(bad.reason)
+        return image_to_item(image, self.records[index][1], resolution=self.resolution, crop=self.crop,
+                             random_flip=self.random_flip, buckets=self.buckets)
 
     def __getitem__(self, index: int) -> dict:
         for offset in range(len(self.records)):
-            i = (index + offset) % len(self.records)
-            try:
-                image = self.load(i)
-            except BadSample as bad:
-                self.skipped[bad.reason] += 1
-                logger.warning("skipping sample %d (%s)", i, bad)
-                continue
-            item = image_to_item(
-                image,
-                self.records[i][1],
-                resolution=self.resolution,
-                crop=self.crop,
-                random_flip=self.random_flip,
-                buckets=self.buckets,
-            )
-            return item
+            item = self.item_or_skip((index + offset) % len(self.records))
+            if SKIPPED_KEY not in item:
+                return item
+            self.skipped[item[SKIPPED_KEY]] += 1
         raise ValueError("No sample of this data set could be decoded.")
 
 
-def _check_image(path: Path, skipped: Counter, resolution: int) -> bool:
+def _check_image(path: Path, skipped: Counter, resolution: int, buckets) -> bool:
     try:
-        probe_image(path, min_size=resolution)
+        probe_image(path, min_size=resolution, buckets=buckets)
     except FileNotFoundError:
         skipped[MISSING_IMAGE] += 1
         return False
@@ -91,8 +94,9 @@ def _check_image(path: Path, skipped: Counter, resolution: int) -> bool:
     return True
 
 
-def index_caption_folder(root: Path, *, resolution: int, caption_ext: str) -> tuple[list, Counter]:
-    """Records for every image under `root` (recursive) with a sidecar caption `<stem><caption_ext>`."""
+def index_caption_folder(root: Path, *, resolution: int, caption_ext: str, buckets=None) -> tuple[list, Counter]:
+    """Records for every image under `root` (recursive) with a sidecar caption `<stem><caption_ext>`; too small
+    is judged by `buckets` (a `BucketSpec`) when given, else by `resolution` (`images.probe_image`)."""
     records, skipped = [], Counter()
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
         caption_path = path.with_suffix(caption_ext)
@@ -101,7 +105,7 @@ def index_caption_folder(root: Path, *, resolution: int, caption_ext: str) -> tu
         except BadSample as bad:
             skipped[bad.reason] += 1
             continue
-        if _check_image(path, skipped, resolution):
+        if _check_image(path, skipped, resolution, buckets):
             records.append((path, caption))
     return records, skipped
 
@@ -122,7 +126,7 @@ def _metadata_rows(path: Path) -> list[dict]:
 
 
 def index_metadata_folder(
-    root: Path, metadata: Path, *, resolution: int, caption_column: str
+    root: Path, metadata: Path, *, resolution: int, caption_column: str, buckets=None
 ) -> tuple[list, Counter]:
     """Records from `metadata` (jsonl or csv with `file_name` and `caption_column`), paths relative to it."""
     rows = _metadata_rows(metadata)
@@ -148,7 +152,7 @@ def index_metadata_folder(
             skipped[MISSING_IMAGE] += 1
             continue
         path = metadata.parent / row["file_name"]
-        if _check_image(path, skipped, resolution):
+        if _check_image(path, skipped, resolution, buckets):
             records.append((path, caption))
     return records, skipped
 
@@ -166,7 +170,7 @@ class HFDiskDataset(ImageCaptionDataset):
         if image is None:
             raise BadSample(MISSING_IMAGE)
         data = image.get("bytes") or Path(image["path"]).read_bytes()
-        return decode_image(data, min_size=self.resolution)
+        return decode_image(data, min_size=self.resolution, buckets=self.buckets)
 
 
 def _image_column(dataset) -> str:

@@ -4,7 +4,8 @@ Work is split over every consumer, i.e. each (process rank, DataLoader worker) p
 many shards as consumers C, consumer k reads shards k, k + C, k + 2C, ...; with fewer shards, every
 consumer reads all shards and keeps samples k, k + C, ... of the stream. Either way each sample is
 yielded exactly once per epoch.
-Bad samples are skipped and counted in `skipped` (per process: each worker counts its own).
+Bad samples are skipped and counted in `skipped` (per process: each worker counts its own; the latent-cache
+encoder counts per shard with `shard_items(path, skipped)` and carries the counts out of the worker).
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def _read_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[str,
         yield key, files
 
 
-def _decode_sample(files: dict[str, bytes], resolution: int) -> tuple:
+def _decode_sample(files: dict[str, bytes], resolution: int, buckets=None) -> tuple:
     image_ext = next((ext for ext in files if ext in IMAGE_EXTENSIONS), None)
     if image_ext is None:
         raise BadSample(MISSING_IMAGE)
     caption = decode_caption(files.get(".txt"))
-    return decode_image(files[image_ext], min_size=resolution), caption
+    return decode_image(files[image_ext], min_size=resolution, buckets=buckets), caption
 
 
 def _consumer() -> tuple[int, int]:
@@ -129,17 +130,21 @@ class TarShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         return self._items(self._assigned())
 
-    def shard_items(self, path: Path) -> Iterator[dict]:
+    def shard_items(self, path: Path, skipped: Counter | None = None) -> Iterator[dict]:
         """Every usable item of the one shard `path`, in tar order, whoever the consumer is (the latent cache
-        gives each process whole shards); bad samples are counted in `skipped`."""
-        return self._items(_read_samples(path, self.skipped))
+        gives each process whole shards); bad samples are counted in `skipped` (default: `self.skipped`; the
+        latent-cache encoder passes its own per shard, since a DataLoader worker's `self.skipped` is a copy)."""
+        skipped = self.skipped if skipped is None else skipped
+        return self._items(_read_samples(path, skipped), skipped)
 
-    def _items(self, samples: Iterator[tuple[str, dict[str, bytes]]]) -> Iterator[dict]:
+    def _items(self, samples: Iterator[tuple[str, dict[str, bytes]]], skipped: Counter | None = None
+               ) -> Iterator[dict]:
+        skipped = self.skipped if skipped is None else skipped
         for key, files in samples:
             try:
-                image, caption = _decode_sample(files, self.resolution)
+                image, caption = _decode_sample(files, self.resolution, self.buckets)
             except BadSample as bad:
-                self.skipped[bad.reason] += 1
+                skipped[bad.reason] += 1
                 logger.warning("skipping tar sample %r (%s)", key, bad)
                 continue
             yield image_to_item(
