@@ -4,7 +4,7 @@ per image, and the training step time reading the on-disk cache against the same
 
     git archive 5f20c51 | tar -x -C /tmp/main_src     # the code before the on-disk cache: the baseline
     OMP_NUM_THREADS=2 python benchmarks/latent_cache_scale.py --baseline-src /tmp/main_src \\
-        --work /tmp/scale --sizes 2000 20000
+        --work /tmp/scale
 
 Built-in shapes data at 32 px, a random `cpu-f4` VAE (f = 4: 8x8x4 latents; speed and memory do not depend on
 the weights), the `cpu-tiny` U-Net, batch 32. Peak memory is the largest resident set of the training process
