@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import itertools
 import json
 import logging
-import math
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from accelerate.utils import set_seed
 from transformers import CLIPTokenizer
@@ -45,9 +41,9 @@ from ldm.new_tokens import (NewTokenEmbedding, add_trainable_tokens, bundle_tens
 from ldm.objective import make_noise_scheduler
 from ldm.stage2 import CaptionEmbedder, backward_micro_steps, micro_step_loss
 from ldm.text_encoder import TEXT_ENCODER_PRESETS, build_text_encoder, load_text_encoder
-from ldm.tokenizer import CLIP_MAX_LENGTH, train_clip_tokenizer
+from ldm.tokenizer import learn_tokenizer
 from ldm.training.accelerator import average_gradients, make_accelerator
-from ldm.training.batches import BucketBatches, step_generator
+from ldm.training.batches import bucket_batches, step_generator
 from ldm.training.checkpoint import CheckpointManager
 from ldm.training.ema import ema_weights, make_ema
 from ldm.training.guards import check_finite
@@ -260,23 +256,6 @@ class TrainConfig:
         return [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
 
 
-def learn_tokenizer(captions: Callable[[], Iterable[str]], *, out_dir: Path, vocab_size: int) -> None:
-    """Learn a CLIP BPE tokenizer from the captions (`captions()` streams them; read twice) into `out_dir`, with
-    model_max_length cut to what they need. Memory holds the distinct words, never the captions.
-
-    The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
-    shorter sequences make the text encoder and every cross-attention cheaper.
-    """
-    shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
-    tokenizer = train_clip_tokenizer(captions(), out_dir=out_dir, vocab_size=vocab_size,
-                                     model_max_length=CLIP_MAX_LENGTH)
-    stream, longest = iter(captions()), 0
-    while batch := list(itertools.islice(stream, 1024)):
-        longest = max(longest, max(len(ids) for ids in tokenizer(batch).input_ids))
-    tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
-    tokenizer.save_pretrained(str(out_dir))
-
-
 def load_text_side(config: TrainConfig, captions: Callable[[], Iterable[str]], output_dir: Path, accelerator):
     """(text_encoder, tokenizer, trainable): pretrained from --text-encoder, or learned from the captions."""
     if config.text_encoder:
@@ -286,7 +265,7 @@ def load_text_side(config: TrainConfig, captions: Callable[[], Iterable[str]], o
         tokenizer_dir = output_dir / "tokenizer"
         with accelerator.main_process_first():  # the main process learns it, the others read it
             if accelerator.is_main_process and not config.resume:
-                learn_tokenizer(captions, out_dir=tokenizer_dir, vocab_size=config.tokenizer_vocab_size)
+                learn_tokenizer(captions(), captions(), out_dir=tokenizer_dir, vocab_size=config.tokenizer_vocab_size)
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
         # Re-seed: encoding the data (only without a finished cache) draws from the global RNG, and every
         # process must start from the same weights.
@@ -318,28 +297,6 @@ def open_latent_cache(config: TrainConfig, vae, output_dir: Path, accelerator) -
     return build_latent_cache(vae, dataset, cache_dir=cache_dir, key=key, rank=accelerator.process_index,
                               world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
                               num_workers=config.encode_workers, device=accelerator.device)
-
-
-def _width(bucket: tuple[tuple[int, int], int]) -> tuple[int, int]:
-    (height, width), _ = bucket
-    return width, height
-
-
-def bucket_batches(cache: ShardedLatentCache, *, unet, vae_factor: int, global_batch_size: int,
-                   seed: int) -> BucketBatches:
-    """The batch schedule over the cache's buckets (one bucket: the plain shuffled order); logs the images per
-    bucket and checks every bucket's latents fit the U-Net's downsampling."""
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    sizes = {tuple(int(side) for side in name.split("x")): count for name, count in cache.bucket_sizes.items()}
-    for (height, width), count in sizes.items():
-        if height % factor or width % factor:
-            raise ValueError(f"bucket {width * vae_factor}x{height * vae_factor} px gives latents not divisible "
-                             f"by the U-Net's downsampling {factor}; use a --bucket-step that is a multiple of "
-                             f"{factor * vae_factor}.")
-    logger.info("images per bucket (width x height px): %s", ", ".join(
-        f"{w * vae_factor}x{h * vae_factor}: {count}" for (h, w), count in sorted(sizes.items(), key=_width)))
-    items = [np.arange(len(cache))] if len(sizes) == 1 else list(cache.bucket_items().values())
-    return BucketBatches(items, global_batch_size=global_batch_size, seed=seed)
 
 
 def make_optimizer(parameters: list, config: TrainConfig) -> torch.optim.Optimizer:

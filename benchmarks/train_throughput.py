@@ -25,6 +25,7 @@ from ldm.data import open_dataset
 from ldm.latent_cache import encode_dataset
 from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import build_text_encoder
+from ldm.tokenizer import learn_tokenizer
 from ldm.stage2 import CaptionEmbedder, micro_step_loss
 from ldm.training.batches import global_batch_indices, step_generator
 from ldm.unet import build_unet
@@ -47,7 +48,7 @@ def timed(step_fns: dict, *, steps: int, warmup: int) -> dict[str, float]:
 
 def build_models(*, resolution: int, captions: list[str], workdir: str):
     vae = build_vae(preset="cpu-f4", sample_size=resolution).requires_grad_(False).eval()
-    train_ldm.learn_tokenizer(lambda: captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
+    learn_tokenizer(captions, captions, out_dir=Path(workdir) / "tokenizer", vocab_size=1024)
     tokenizer = CLIPTokenizer.from_pretrained(f"{workdir}/tokenizer")
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset="tiny")
     unet = build_unet(preset="cpu-small", cross_attention_dim=text_encoder.config.hidden_size,

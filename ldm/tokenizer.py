@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import gzip
 import heapq
+import itertools
 import json
 import logging
+import math
+import shutil
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -195,3 +198,22 @@ def clip_tokenizer_from_openai_bpe(bpe_path: str | Path, *, out_dir: str | Path,
     tokens = _base_vocab() + [a + b for a, b in merges] + [BOS_TOKEN, EOS_TOKEN]
     vocab = dict(zip(tokens, range(len(tokens))))  # CLIP's own construction: ids as in simple_tokenizer.py
     return _write_clip_tokenizer(out_dir, vocab, merges, model_max_length)
+
+
+def learn_tokenizer(captions: Iterable[str], captions_again: Iterable[str], *, out_dir: str | Path,
+                    vocab_size: int) -> None:
+    """Learn a CLIP BPE tokenizer from the captions into `out_dir`, with model_max_length cut to what they need.
+    `captions` and `captions_again` are two streams of the same captions (the words, then the lengths): memory
+    holds the distinct words, never the captions.
+
+    The length is the longest caption in tokens (with BOS/EOS), rounded up to a multiple of 8, at most CLIP's 77:
+    shorter sequences make the text encoder and every cross-attention cheaper.
+    """
+    shutil.rmtree(out_dir, ignore_errors=True)  # a stale tokenizer.json would win over the new vocab.json
+    tokenizer = train_clip_tokenizer(captions, out_dir=out_dir, vocab_size=vocab_size,
+                                     model_max_length=CLIP_MAX_LENGTH)
+    stream, longest = iter(captions_again), 0
+    while batch := list(itertools.islice(stream, 1024)):
+        longest = max(longest, max(len(ids) for ids in tokenizer(batch).input_ids))
+    tokenizer.model_max_length = min(CLIP_MAX_LENGTH, 8 * math.ceil(longest / 8))
+    tokenizer.save_pretrained(str(out_dir))

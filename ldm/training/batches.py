@@ -10,10 +10,13 @@ averaging, 2 processes × batch b then compute the same update as 1 process × b
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
 
 _STEP_STRIDE = 1_000_003  # a prime: (seed, step) pairs map to distinct generator seeds for any realistic run
 
@@ -124,3 +127,25 @@ class BucketBatches:
             wrapped = order.repeat(-(-count * self.global_batch_size // len(order)))
             batches += list(wrapped[:count * self.global_batch_size].split(self.global_batch_size))
         return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _width(bucket: tuple[tuple[int, int], int]) -> tuple[int, int]:
+    (height, width), _ = bucket
+    return width, height
+
+
+def bucket_batches(cache, *, unet, vae_factor: int, global_batch_size: int,
+                   seed: int) -> BucketBatches:
+    """The batch schedule over a `ldm.latent_shards.ShardedLatentCache`'s buckets (one bucket: the plain
+    shuffled order); logs the images per bucket and checks every bucket's latents fit the U-Net's downsampling."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    sizes = {tuple(int(side) for side in name.split("x")): count for name, count in cache.bucket_sizes.items()}
+    for (height, width), count in sizes.items():
+        if height % factor or width % factor:
+            raise ValueError(f"bucket {width * vae_factor}x{height * vae_factor} px gives latents not divisible "
+                             f"by the U-Net's downsampling {factor}; use a --bucket-step that is a multiple of "
+                             f"{factor * vae_factor}.")
+    logger.info("images per bucket (width x height px): %s", ", ".join(
+        f"{w * vae_factor}x{h * vae_factor}: {count}" for (h, w), count in sorted(sizes.items(), key=_width)))
+    items = [np.arange(len(cache))] if len(sizes) == 1 else list(cache.bucket_items().values())
+    return BucketBatches(items, global_batch_size=global_batch_size, seed=seed)
