@@ -187,6 +187,11 @@ def vae_ceiling(vae, *, count: int, resolution: int) -> dict[str, float]:
     return ceiling
 
 
+def _short(prompt: str) -> str:
+    """'an image of a pink circle' -> 'pink circle', for the figure's captions."""
+    return prompt.removeprefix("an image of ").removeprefix("a ").removeprefix("an ")
+
+
 def load(folder: str, loras=()):
     pipe = load_pipeline(folder)
     pipe.scheduler = make_scheduler("dpm++", pipe.scheduler.config)
@@ -292,7 +297,8 @@ def main(argv=None) -> dict:
             rate, shown = adherence(pipe, sets[set_name], args=args, guidance_scale=guidance)
             scores[name][set_name] = round(rate, 3)
             if set_name in ("colour_trained", "colour_unseen", "pink_diamond"):
-                figure += [(image, f"{name}: {prompt}") for image, (prompt, _) in zip(shown[:3], sets[set_name])]
+                figure += [(image.resize((64, 64), 0), f"{name}: {_short(prompt)}")  # 0: nearest, pixels seen
+                           for image, (prompt, _) in zip(shown[:3], sets[set_name])]
         print(name, scores[name], flush=True)
     make_grid([i for i, _ in figure], captions=[c for _, c in figure], ncols=6).save(out / "figure.png")
     results = {"args": vars(args), "runs": runs, "base_files": base_sizes, "adherence": scores}
