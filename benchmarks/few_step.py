@@ -12,10 +12,12 @@ measures held-out and seen adherence and images/s for
   `--student-weights` w (its own best may differ);
 - with `--lcm-lora DIR`, the teacher with that LCM-LoRA (`distill_ldm.py --lora-rank`) at 1, 2, 4 and 8 LCM
   steps, guidance_scale 1 (its w is in its weights), and the adapter file's size against the U-Net's.
-If `--student` (or `--lcm-lora`) holds no distilled model yet, it is distilled first (`distill_ldm.py`, the
-same `--distill-steps`) and the wall time recorded in `distill_wall_time.json` beside it. Images/s counts only
-the pipeline calls (batched as ldm-eval batches them, so text encoding and VAE decoding are in it; reading the
-images back is not). Prints a table, writes `OUT/few_step.json` and `OUT/adherence_vs_evaluations.png`.
+`--lcm-lora-only` measures just those rows and the teacher's dpm++ 4 as this run's images/s reference (for a
+busy machine). If `--student` (or `--lcm-lora`) holds no distilled model yet, it is distilled first
+(`distill_ldm.py`, the same `--distill-steps`) and the wall time recorded in `distill_wall_time.json` beside
+it. Images/s counts only the pipeline calls (batched as ldm-eval batches them, so text encoding and VAE decoding
+are in it; reading the images back is not). Prints a table, writes `OUT/few_step.json` and
+`OUT/adherence_vs_evaluations.png`.
 """
 from __future__ import annotations
 
@@ -82,7 +84,8 @@ def measure(name: str, pipe, *, prompts, w: float, steps: int, evaluations: int,
 
 
 def distil_if_needed(args, folder: str, done: str, extra: list[str]) -> float:
-    """The distillation's wall time in seconds: run now (unless `folder/done` exists), or read from `folder`."""
+    """The distillation's wall time in seconds: run now (unless `folder/done` exists), or read from `folder`
+    (NaN if it was distilled outside this script)."""
     record = Path(folder) / WALL_TIME_FILE
     if not (Path(folder) / done).is_file():
         started = time.perf_counter()
@@ -90,7 +93,7 @@ def distil_if_needed(args, folder: str, done: str, extra: list[str]) -> float:
         if distill_ldm.main(argv) != 0:
             raise SystemExit("the distillation failed")
         record.write_text(json.dumps({"seconds": time.perf_counter() - started, "argv": argv}) + "\n")
-    return json.loads(record.read_text())["seconds"]
+    return json.loads(record.read_text())["seconds"] if record.is_file() else float("nan")  # distilled elsewhere
 
 
 def lcm_lora_rows(args, prompts, out: Path) -> tuple[list[dict], dict]:
@@ -162,32 +165,62 @@ def main() -> None:
                                                          "if it holds no adapter yet)")
     parser.add_argument("--lora-rank", type=int, default=8, help="rank when distilling the LCM-LoRA here")
     parser.add_argument("--lora-args", default="", help="more ldm-distill flags for the LCM-LoRA")
+    parser.add_argument("--lcm-lora-only", action="store_true",
+                        help="with --lcm-lora: measure only its rows and, as this run's images/s reference, the "
+                             "teacher with dpm++ at 4 steps (for a busy machine; the other rows of the same prompts "
+                             "and seeds come from an earlier run)")
     parser.add_argument("--replot", action="store_true", help="only redraw the figure from OUT/few_step.json")
     args = parser.parse_args()
+    if args.lcm_lora_only and not args.lcm_lora:
+        parser.error("--lcm-lora-only needs --lcm-lora")
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     if args.replot:
         plot(json.loads((out / "few_step.json").read_text())["rows"], out / "adherence_vs_evaluations.png")
         return
     out.mkdir(parents=True, exist_ok=True)
-    distill_seconds = distil_if_needed(args, args.student, "model_index.json", args.distill_args.split())
+    distill_seconds = (0.0 if args.lcm_lora_only else
+                       distil_if_needed(args, args.student, "model_index.json", args.distill_args.split()))
     eval_json = Path(args.teacher).parent / "eval" / "eval.json"
     w = args.w if args.w is not None else json.loads(eval_json.read_text())["best"]["w"]
     prompts = build_prompt_set(prompts_per_split=args.prompts_per_split, max_objects=1, seed=0)
     print(f"{len(prompts)} prompts x {args.seeds_per_prompt} seeds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; distillation took {distill_seconds / 60:.1f} min", flush=True)
 
-    stock = StableDiffusionPipeline.from_pretrained(args.teacher, local_files_only=True)
-    stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
-    stock.set_progress_bar_config(disable=True)
-    rows = [measure("stock dpm++ 25", stock, prompts=prompts, w=w, steps=STOCK_STEPS,
-                    evaluations=2 * STOCK_STEPS if w > 0 else STOCK_STEPS, args=args, out=out)]
+    rows = []
+    if not args.lcm_lora_only:
+        stock = StableDiffusionPipeline.from_pretrained(args.teacher, local_files_only=True)
+        stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
+        stock.set_progress_bar_config(disable=True)
+        rows.append(measure("stock dpm++ 25", stock, prompts=prompts, w=w, steps=STOCK_STEPS,
+                            evaluations=2 * STOCK_STEPS if w > 0 else STOCK_STEPS, args=args, out=out))
     teacher = load_pipeline(args.teacher)
     teacher.scheduler = make_scheduler("dpm++", teacher.scheduler.config)
     teacher.set_progress_bar_config(disable=True)
-    for steps in TEACHER_STEPS:
+    for steps in TEACHER_STEPS[:1] if args.lcm_lora_only else TEACHER_STEPS:
         rows.append(measure(f"teacher dpm++ {steps}", teacher, prompts=prompts, w=w, steps=steps,
                             evaluations=2 * steps if w > 0 else steps, args=args, out=out))
+    rows += [] if args.lcm_lora_only else student_rows(args, prompts, w, out)
+
+    lcm_lora = {}
+    if args.lcm_lora:
+        lora_rows, lcm_lora = lcm_lora_rows(args, prompts, out)
+        rows += lora_rows
+    speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
+    print(f"images/s relative to {rows[0]['setting']}: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
+    if not args.lcm_lora_only:  # the figure's reference star is the stock row
+        plot(rows, out / "adherence_vs_evaluations.png")
+    result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs": rows[0]["setting"],
+              "speedup": speedup,
+              "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
+              "threads": torch.get_num_threads(), **({"lcm_lora": lcm_lora} if lcm_lora else {})}
+    (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'few_step.json'}")
+
+
+def student_rows(args, prompts, w: float, out: Path) -> list[dict]:
+    """The distilled student at STUDENT_STEPS and w, then at 4 steps at each `--student-weights` w."""
+    rows = []
     student = load_pipeline(args.student)
     student.set_progress_bar_config(disable=True)
     for steps in STUDENT_STEPS:
@@ -197,19 +230,7 @@ def main() -> None:
         if extra_w != w:
             rows.append(measure(f"student lcm 4 (w={extra_w:g})", student, prompts=prompts, w=extra_w, steps=4,
                                 evaluations=4, args=args, out=out))
-
-    lcm_lora = {}
-    if args.lcm_lora:
-        lora_rows, lcm_lora = lcm_lora_rows(args, prompts, out)
-        rows += lora_rows
-    speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
-    print("images/s relative to stock 25 steps: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
-    plot(rows, out / "adherence_vs_evaluations.png")
-    result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs_stock": speedup,
-              "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
-              "threads": torch.get_num_threads(), **({"lcm_lora": lcm_lora} if lcm_lora else {})}
-    (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out / 'few_step.json'} and {out / 'adherence_vs_evaluations.png'}")
+    return rows
 
 
 if __name__ == "__main__":
