@@ -232,7 +232,8 @@ def save_lcm_lora(config: DistillConfig, output_dir: Path, student) -> None:
 
 
 def distill(config: DistillConfig) -> Path:
-    """Run the distillation from `config`; return the student's pipeline folder."""
+    """Run the distillation from `config`; return the output folder (the student's pipeline folder, or the one
+    holding the LCM-LoRA's adapter file)."""
     output_dir = Path(config.output_dir)
     checkpoints = CheckpointManager(output_dir)
     resume_from = checkpoints.resolve(config.resume) if config.resume else None  # fails before any work
