@@ -9,6 +9,11 @@ the teacher's guided ODE does. All the maths is in `ldm.distill`. The data are t
 `train_config.json`; its latent cache is reused when it matches) unless `--data` says otherwise. The output is
 a pipeline folder with an `LCMScheduler` that stock `StableDiffusionPipeline.from_pretrained` samples, plus
 `few_step.json` (default steps and guidance for `ldm-generate` / `ldm-eval`), checkpoints and sample grids.
+
+With `--lora-rank R` it distils an **LCM-LoRA** instead (`ldm.lcm_lora`): a LoRA adapter on the frozen teacher
+U-Net, no w input (w guides only the teacher, so the adapter draws at that guidance with guidance_scale 1), no
+EMA target network; the output is `OUT/pytorch_lora_weights.safetensors`, which stock `load_lora_weights` and
+`ldm-generate --model TEACHER --lora OUT/...` load (the file's metadata gives them lcm, 4 steps, guidance 1).
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ from ldm.data import open_dataset
 from ldm.distill import TIME_COND_PROJ_DIM, distillation_loss, make_student, skipping_timesteps, update_target
 from ldm.encode_shards import build_latent_cache, cache_source, open_if_current, shard_cache_key
 from ldm.grid import make_grid
+from ldm.lcm_lora import LCM_LORA_SOLVER_STEPS, LCM_LORA_TARGETS, lcm_lora_metadata, make_lora_student
 from ldm.latent_shards import TRAINING_CACHE_DIR, ShardedLatentCache
+from ldm.lora import FORMATS, KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, adapter_state_dict, resolve_targets, save_lora
 from ldm.stage2 import CaptionEmbedder
 from ldm.training.accelerator import make_accelerator
 from ldm.training.batches import global_batch_indices, local_slice, step_generator
@@ -68,7 +75,17 @@ class DistillConfig:
     time_cond_proj_dim: int = option(TIME_COND_PROJ_DIM, "width of the student's w embedding")
     loss: str = option("huber", "consistency loss", choices=("huber", "l2"))
     huber_c: float = option(1e-3, "pseudo-Huber constant c")
-    target_decay: float = option(0.95, "decay μ of the target network θ⁻ ← μθ⁻ + (1 − μ)θ")
+    target_decay: float = option(0.95, "decay μ of the target network θ⁻ ← μθ⁻ + (1 − μ)θ (an LCM-LoRA "
+                                       "has none: its target is itself, μ = 0)")
+    # LCM-LoRA (ldm.lcm_lora): an adapter on the frozen teacher instead of a new U-Net with a w input.
+    lora_rank: int | None = option(None, "distil an LCM-LoRA of this rank on the frozen teacher (output "
+                                         f"OUT/{LORA_WEIGHTS_NAME}, not a pipeline folder)")
+    lora_alpha: float | None = option(None, "LoRA alpha: the update is scaled by alpha / rank (default: rank)")
+    lora_targets: str = option(",".join(LCM_LORA_TARGETS), "U-Net modules to adapt, comma-separated: groups "
+                                                          "attn, ff, proj, conv or module names (default: every "
+                                                          "linear and convolution, as diffusers' LCM-LoRA script)")
+    lora_format: str = option("diffusers", f"adapter file layout; kohya also writes OUT/{KOHYA_WEIGHTS_NAME} for "
+                                           "AUTOMATIC1111 / ComfyUI", choices=FORMATS)
     # Optimisation.
     max_steps: int = option(500, "optimizer steps")
     batch_size: int = option(32, "images per process per step")
@@ -79,8 +96,8 @@ class DistillConfig:
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     # Sampling: validation grids, and the defaults written into few_step.json.
     sample_steps: int = option(4, "LCM steps for validation grids and the folder's default")
-    sample_guidance_scale: float = option(2.0, "guidance_scale (w + 1) for validation grids and the folder's "
-                                               "default")
+    sample_guidance_scale: float | None = option(None, "guidance_scale (w + 1) for validation grids and the "
+                                                      "folder's default (default: 2; an LCM-LoRA: 1, no CFG)")
     sample_prompts: str = option("", "prompts of the sample grids, separated by '|' (empty: no grids)")
     sample_every: int = option(0, "write a sample grid every N steps (0: only at the end), as train_ldm.py")
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: only at the end)")
@@ -103,6 +120,27 @@ class DistillConfig:
         if self.sample_steps > self.solver_steps:
             raise ValueError(f"--sample-steps ({self.sample_steps}) cannot exceed --solver-steps "
                              f"({self.solver_steps}): LCM samples from the solver's grid.")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora_rank is None:
+            if self.lora_alpha is not None or self.lora_format != "diffusers":
+                raise ValueError("--lora-alpha and --lora-format need --lora-rank (an LCM-LoRA).")
+            return
+        if self.lora_rank < 1:
+            raise ValueError(f"--lora-rank must be at least 1, got {self.lora_rank}.")
+        if self.solver_steps != LCM_LORA_SOLVER_STEPS:  # the adapter file carries no scheduler of its own
+            raise ValueError(f"an LCM-LoRA samples with a stock LCMScheduler on the teacher, whose grid is "
+                             f"{LCM_LORA_SOLVER_STEPS} steps: give --solver-steps {LCM_LORA_SOLVER_STEPS}.")
+        resolve_targets(self.lora_targets.split(","))
+
+    @property
+    def guidance_scale(self) -> float:
+        """The validation grids' and the output's default guidance_scale: the user's, else 2 for a student
+        that takes w, 1 (no CFG) for an LCM-LoRA, whose w is in its weights."""
+        if self.sample_guidance_scale is not None:
+            return self.sample_guidance_scale
+        return 1.0 if self.lora_rank else 2.0
 
     @property
     def prompts(self) -> list[str]:
@@ -162,16 +200,40 @@ def sample_grid(*, teacher_pipe, student, scheduler, config: DistillConfig, path
     pipe = TextToImagePipeline(vae=teacher_pipe.vae, text_encoder=teacher_pipe.text_encoder,
                                tokenizer=teacher_pipe.tokenizer, unet=student, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(config.prompts, num_inference_steps=config.sample_steps,
-                  guidance_scale=config.sample_guidance_scale,
+    images = pipe(config.prompts, num_inference_steps=config.sample_steps, guidance_scale=config.guidance_scale,
                   generator=torch.Generator().manual_seed(config.seed)).images
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, captions=config.prompts).save(path)
     logger.info("validation grid written to %s", path)
 
 
+def make_student_and_target(config: DistillConfig, teacher):
+    """(student, target network) in training mode: the teacher plus a zero-initialised w projection and its EMA
+    copy, or, with --lora-rank, the teacher plus an LCM-LoRA and None (its target is itself, `ldm.lcm_lora`)."""
+    if config.lora_rank:
+        student, _ = make_lora_student(teacher, rank=config.lora_rank, alpha=config.lora_alpha,
+                                       targets=config.lora_targets)
+        return student.train(), None
+    student = make_student(teacher, time_cond_proj_dim=config.time_cond_proj_dim).train()
+    return student, copy.deepcopy(student).requires_grad_(False).eval()
+
+
+def save_lcm_lora(config: DistillConfig, output_dir: Path, student) -> None:
+    """OUT/pytorch_lora_weights.safetensors (diffusers' format, `ldm.lora`) with the LCM-LoRA's sampling facts in
+    its metadata, and the kohya layout when asked."""
+    state_dict, metadata = adapter_state_dict({"unet": student})
+    facts = lcm_lora_metadata(num_inference_steps=config.sample_steps, original_inference_steps=config.solver_steps,
+                              guidance_weight_range=(config.w_min, config.w_max), teacher=config.teacher)
+    path = save_lora(output_dir / LORA_WEIGHTS_NAME, state_dict, metadata, extra_metadata=facts)
+    if config.lora_format == "kohya":
+        save_lora(output_dir / KOHYA_WEIGHTS_NAME, state_dict, metadata, lora_format="kohya", extra_metadata=facts)
+    logger.info("LCM-LoRA (%d tensors) saved to %s; sample with: ldm-generate PROMPT --model %s --lora %s",
+                len(state_dict), path, config.teacher, path)
+
+
 def distill(config: DistillConfig) -> Path:
-    """Run the distillation from `config`; return the student's pipeline folder."""
+    """Run the distillation from `config`; return the output folder (the student's pipeline folder, or the one
+    holding the LCM-LoRA's adapter file)."""
     output_dir = Path(config.output_dir)
     checkpoints = CheckpointManager(output_dir)
     resume_from = checkpoints.resolve(config.resume) if config.resume else None  # fails before any work
@@ -194,14 +256,15 @@ def distill(config: DistillConfig) -> Path:
     solver_timesteps = skipping_timesteps(num_train_timesteps=scheduler.config.num_train_timesteps,
                                           num_solver_steps=config.solver_steps)
 
-    # Student (the teacher plus a zero-initialised w projection), its target network, optimizer, checkpoints.
-    student = make_student(teacher, time_cond_proj_dim=config.time_cond_proj_dim).train()
-    target = copy.deepcopy(student).requires_grad_(False).eval()
-    optimizer = make_adamw(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Student (the teacher plus a w projection, or plus an LCM-LoRA), its target network, optimizer, checkpoints.
+    student, target = make_student_and_target(config, teacher)
+    optimizer = make_adamw([p for p in student.parameters() if p.requires_grad], lr=config.lr,
+                           weight_decay=config.weight_decay)
     lr_scheduler = make_lr_scheduler(optimizer, name="constant", warmup_steps=config.warmup_steps,
                                      max_steps=config.max_steps, accelerator=accelerator)
     student, optimizer = accelerator.prepare(student, optimizer)
-    accelerator.register_for_checkpointing(target)
+    if target is not None:
+        accelerator.register_for_checkpointing(target)
     start = checkpoints.load(accelerator, resume_from) if resume_from else 0
 
     def validate(name: str) -> None:
@@ -224,7 +287,8 @@ def distill(config: DistillConfig) -> Path:
                                      torch.ones(len(batch["indices"]), dtype=torch.bool))
             with accelerator.autocast():
                 loss = distillation_loss(
-                    student=student, target=target, teacher=teacher,
+                    student=student, target=target if target is not None else accelerator.unwrap_model(student),
+                    teacher=teacher,
                     latents=batch["latents"].to(accelerator.device), noise=batch["noise"].to(accelerator.device),
                     solver_index=batch["solver_index"], w=batch["w"], prompt_embeds=prompt_embeds,
                     null_embeds=null.expand_as(prompt_embeds), solver_timesteps=solver_timesteps,
@@ -237,7 +301,8 @@ def distill(config: DistillConfig) -> Path:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            update_target(target, accelerator.unwrap_model(student), decay=config.target_decay)
+            if target is not None:
+                update_target(target, accelerator.unwrap_model(student), decay=config.target_decay)
             progress.update(step + 1, {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
             end_of_step(step + 1, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
                         sample_every=config.sample_every, checkpoints=checkpoints, accelerator=accelerator,
@@ -245,11 +310,12 @@ def distill(config: DistillConfig) -> Path:
 
     # The student's pipeline folder: the teacher's VAE and text side, the student U-Net, an LCMScheduler.
     validate("final")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and config.lora_rank:
+        save_lcm_lora(config, output_dir, accelerator.unwrap_model(student))
+    elif accelerator.is_main_process:
         save_pipeline_folder(output_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                              unet=accelerator.unwrap_model(student), scheduler=scheduler)
-        write_sampling_defaults(output_dir, SamplingDefaults("lcm", config.sample_steps,
-                                                             config.sample_guidance_scale),
+        write_sampling_defaults(output_dir, SamplingDefaults("lcm", config.sample_steps, config.guidance_scale),
                                 guidance_weight_range=[config.w_min, config.w_max], teacher=config.teacher)
         logger.info("few-step pipeline saved to %s", output_dir)
     accelerator.wait_for_everyone()

@@ -1,7 +1,7 @@
 """Few-step sampling side by side: the teacher and its distilled student, adherence against U-Net evaluations.
 
     python benchmarks/few_step.py --teacher runs/quickstart/stage2 --student runs/distill/student \
-        --out runs/distill/few_step [--distill-steps 300]
+        --out runs/distill/few_step [--distill-steps 300] [--lcm-lora runs/distill/lcm_lora --lora-rank 8]
 
 In one run, on the same prompts and seeds (`ldm-eval`'s stratified shapes prompts, seen and held-out), it
 measures held-out and seen adherence and images/s for
@@ -9,11 +9,15 @@ measures held-out and seen adherence and images/s for
   evaluations a step);
 - the teacher in our pipeline with dpm++ (our best few-step solver) at 4, 8 and 12 steps, same w;
 - the student (LCM) at 1, 2, 4 and 8 steps, one evaluation a step, at the same w and, at 4 steps, at each
-  `--student-weights` w (its own best may differ).
-If `--student` holds no pipeline yet, it is distilled first (`distill_ldm.py`) and the wall time recorded in
-`STUDENT/distill_wall_time.json`. Images/s counts only the pipeline calls (batched as ldm-eval batches them, so
-text encoding and VAE decoding are in it; reading the images back is not). Prints a table, writes
-`OUT/few_step.json` and `OUT/adherence_vs_evaluations.png`.
+  `--student-weights` w (its own best may differ);
+- with `--lcm-lora DIR`, the teacher with that LCM-LoRA (`distill_ldm.py --lora-rank`) at 1, 2, 4 and 8 LCM
+  steps, guidance_scale 1 (its w is in its weights), and the adapter file's size against the U-Net's.
+`--lcm-lora-only` measures just those rows and the teacher's dpm++ 4 as this run's images/s reference (for a
+busy machine). If `--student` (or `--lcm-lora`) holds no distilled model yet, it is distilled first
+(`distill_ldm.py`, the same `--distill-steps`) and the wall time recorded in `distill_wall_time.json` beside
+it. Images/s counts only the pipeline calls (batched as ldm-eval batches them, so text encoding and VAE decoding
+are in it; reading the images back is not). Prints a table, writes `OUT/few_step.json` and
+`OUT/adherence_vs_evaluations.png`.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import distill_ldm  # noqa: E402
+from ldm.lora import LORA_WEIGHTS_NAME  # noqa: E402
 from pipelines.evaluate import EvalConfig, build_prompt_set, run_sweep  # noqa: E402
 from pipelines.folder import load_pipeline  # noqa: E402
+from pipelines.lora import apply_loras  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
 
 STOCK_STEPS = 25
@@ -91,17 +97,35 @@ def cost_model(rows: list[dict]) -> dict:
             "ceiling_at_4": stock_seconds / (fixed + 4 * per_eval)}
 
 
-def distil_if_needed(args) -> float:
-    """The distillation's wall time in seconds: run now, or read from the student's folder."""
-    record = Path(args.student) / WALL_TIME_FILE
-    if not (Path(args.student) / "model_index.json").is_file():
+def distil_if_needed(args, folder: str, done: str, extra: list[str]) -> float:
+    """The distillation's wall time in seconds: run now (unless `folder/done` exists), or read from `folder`
+    (NaN if it was distilled outside this script)."""
+    record = Path(folder) / WALL_TIME_FILE
+    if not (Path(folder) / done).is_file():
         started = time.perf_counter()
-        argv = ["--teacher", args.teacher, "--output-dir", args.student, "--max-steps", str(args.distill_steps),
-                *args.distill_args.split()]
+        argv = ["--teacher", args.teacher, "--output-dir", folder, "--max-steps", str(args.distill_steps), *extra]
         if distill_ldm.main(argv) != 0:
             raise SystemExit("the distillation failed")
         record.write_text(json.dumps({"seconds": time.perf_counter() - started, "argv": argv}) + "\n")
-    return json.loads(record.read_text())["seconds"]
+    return json.loads(record.read_text())["seconds"] if record.is_file() else float("nan")  # distilled elsewhere
+
+
+def lcm_lora_rows(args, prompts, out: Path) -> tuple[list[dict], dict]:
+    """The teacher with the LCM-LoRA at STUDENT_STEPS, no CFG; and {distill_seconds, adapter and U-Net bytes}."""
+    seconds = distil_if_needed(args, args.lcm_lora, LORA_WEIGHTS_NAME,
+                               ["--lora-rank", str(args.lora_rank), *args.lora_args.split()])
+    pipe = load_pipeline(args.teacher)
+    apply_loras(pipe, [(str(Path(args.lcm_lora) / LORA_WEIGHTS_NAME), 1.0)])
+    pipe.scheduler = make_scheduler("lcm", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    rows = [measure(f"lcm-lora lcm {steps}", pipe, prompts=prompts, w=0.0, steps=steps, evaluations=steps,
+                    args=args, out=out) for steps in STUDENT_STEPS]
+    sizes = {"distill_seconds": seconds,
+             "adapter_bytes": (Path(args.lcm_lora) / LORA_WEIGHTS_NAME).stat().st_size,
+             "unet_bytes": (Path(args.teacher) / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size}
+    print(f"LCM-LoRA: adapter {sizes['adapter_bytes'] / 1e6:.2f} MB against the U-Net's "
+          f"{sizes['unet_bytes'] / 1e6:.2f} MB; distilled in {seconds / 60:.1f} min", flush=True)
+    return rows, sizes
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -109,12 +133,15 @@ def plot(rows: list[dict], path: Path) -> None:
     against U-Net evaluations per image (log axis): teacher with dpm++, student with LCM, stock as a star."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     w = rows[0]["w"]
-    series = {"teacher, ours (dpm++)": "teacher dpm++", "student (LCM)": "student lcm"}
+    series = {"teacher, ours (dpm++)": "teacher dpm++", "student (LCM)": "student lcm",
+              "LCM-LoRA (LCM, no CFG)": "lcm-lora lcm"}
     values = {"held-out": lambda r: r["held_out"], "seen": lambda r: r["seen"],
               "attributes": lambda r: float(np.mean(list(r["attributes"].values())))}
     for label, prefix in series.items():
         points = sorted((r for r in rows if r["setting"].startswith(prefix) and "(" not in r["setting"]),
                         key=lambda r: r["unet_evaluations"])
+        if not points:
+            continue
         xs = [r["unet_evaluations"] for r in points]
         left.plot(xs, [values["held-out"](r) for r in points], "-o", label=f"{label}, held-out")
         left.plot(xs, [values["seen"](r) for r in points], "--s", label=f"{label}, seen")
@@ -148,32 +175,70 @@ def main() -> None:
     parser.add_argument("--seeds-per-prompt", type=int, default=4)
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--distill-args", default="", help="more ldm-distill flags when distilling here")
+    parser.add_argument("--lcm-lora", default="", help="also measure this LCM-LoRA folder (distilled here first "
+                                                         "if it holds no adapter yet)")
+    parser.add_argument("--lora-rank", type=int, default=8, help="rank when distilling the LCM-LoRA here")
+    parser.add_argument("--lora-args", default="", help="more ldm-distill flags for the LCM-LoRA")
+    parser.add_argument("--lcm-lora-only", action="store_true",
+                        help="with --lcm-lora: measure only its rows and, as this run's images/s reference, the "
+                             "teacher with dpm++ at 4 steps (for a busy machine; the other rows of the same prompts "
+                             "and seeds come from an earlier run)")
     parser.add_argument("--replot", action="store_true", help="only redraw the figure from OUT/few_step.json")
     args = parser.parse_args()
+    if args.lcm_lora_only and not args.lcm_lora:
+        parser.error("--lcm-lora-only needs --lcm-lora")
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     if args.replot:
         plot(json.loads((out / "few_step.json").read_text())["rows"], out / "adherence_vs_evaluations.png")
         return
     out.mkdir(parents=True, exist_ok=True)
-    distill_seconds = distil_if_needed(args)
+    distill_seconds = (0.0 if args.lcm_lora_only else
+                       distil_if_needed(args, args.student, "model_index.json", args.distill_args.split()))
     eval_json = Path(args.teacher).parent / "eval" / "eval.json"
     w = args.w if args.w is not None else json.loads(eval_json.read_text())["best"]["w"]
     prompts = build_prompt_set(prompts_per_split=args.prompts_per_split, max_objects=1, seed=0)
     print(f"{len(prompts)} prompts x {args.seeds_per_prompt} seeds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; distillation took {distill_seconds / 60:.1f} min", flush=True)
 
-    stock = StableDiffusionPipeline.from_pretrained(args.teacher, local_files_only=True)
-    stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
-    stock.set_progress_bar_config(disable=True)
-    rows = [measure("stock dpm++ 25", stock, prompts=prompts, w=w, steps=STOCK_STEPS,
-                    evaluations=2 * STOCK_STEPS if w > 0 else STOCK_STEPS, args=args, out=out)]
+    rows = []
+    if not args.lcm_lora_only:
+        stock = StableDiffusionPipeline.from_pretrained(args.teacher, local_files_only=True)
+        stock.scheduler = make_scheduler("dpm++", stock.scheduler.config)
+        stock.set_progress_bar_config(disable=True)
+        rows.append(measure("stock dpm++ 25", stock, prompts=prompts, w=w, steps=STOCK_STEPS,
+                            evaluations=2 * STOCK_STEPS if w > 0 else STOCK_STEPS, args=args, out=out))
     teacher = load_pipeline(args.teacher)
     teacher.scheduler = make_scheduler("dpm++", teacher.scheduler.config)
     teacher.set_progress_bar_config(disable=True)
-    for steps in TEACHER_STEPS:
+    for steps in TEACHER_STEPS[:1] if args.lcm_lora_only else TEACHER_STEPS:
         rows.append(measure(f"teacher dpm++ {steps}", teacher, prompts=prompts, w=w, steps=steps,
                             evaluations=2 * steps if w > 0 else steps, args=args, out=out))
+    rows += [] if args.lcm_lora_only else student_rows(args, prompts, w, out)
+
+    lcm_lora = {}
+    if args.lcm_lora:
+        lora_rows, lcm_lora = lcm_lora_rows(args, prompts, out)
+        rows += lora_rows
+    speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
+    print(f"images/s relative to {rows[0]['setting']}: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
+    costs = {}
+    if not args.lcm_lora_only:  # the figure's reference star and the fit's reference are the stock row
+        costs = cost_model(rows)
+        print(f"per image: {costs['fixed_ms']:.2f} ms besides the U-Net + {costs['per_eval_ms']:.2f} ms per U-Net "
+              f"evaluation, so 4 evaluations can be at most {costs['ceiling_at_4']:.1f}x the stock pipeline here")
+        plot(rows, out / "adherence_vs_evaluations.png")
+    result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs": rows[0]["setting"],
+              "speedup": speedup, **({"cost_model": costs} if costs else {}),
+              "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
+              "threads": torch.get_num_threads(), **({"lcm_lora": lcm_lora} if lcm_lora else {})}
+    (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out / 'few_step.json'}")
+
+
+def student_rows(args, prompts, w: float, out: Path) -> list[dict]:
+    """The distilled student at STUDENT_STEPS and w, then at 4 steps at each `--student-weights` w."""
+    rows = []
     student = load_pipeline(args.student)
     student.set_progress_bar_config(disable=True)
     for steps in STUDENT_STEPS:
@@ -183,19 +248,7 @@ def main() -> None:
         if extra_w != w:
             rows.append(measure(f"student lcm 4 (w={extra_w:g})", student, prompts=prompts, w=extra_w, steps=4,
                                 evaluations=4, args=args, out=out))
-
-    speedup = {r["setting"]: r["images_per_s"] / rows[0]["images_per_s"] for r in rows}
-    print("images/s relative to stock 25 steps: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
-    costs = cost_model(rows)
-    print(f"per image: {costs['fixed_ms']:.2f} ms besides the U-Net + {costs['per_eval_ms']:.2f} ms per U-Net "
-          f"evaluation, so 4 evaluations can be at most {costs['ceiling_at_4']:.1f}x the stock pipeline here")
-    plot(rows, out / "adherence_vs_evaluations.png")
-    result = {"w": w, "distill_seconds": distill_seconds, "rows": rows, "speedup_vs_stock": speedup,
-              "cost_model": costs,
-              "prompts_per_split": args.prompts_per_split, "seeds_per_prompt": args.seeds_per_prompt,
-              "threads": torch.get_num_threads()}
-    (out / "few_step.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out / 'few_step.json'} and {out / 'adherence_vs_evaluations.png'}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -184,7 +184,8 @@ def distillation_loss(*, student, target, teacher, latents: torch.Tensor, noise:
                       solver_index: torch.Tensor, w: torch.Tensor, prompt_embeds: torch.Tensor,
                       null_embeds: torch.Tensor, solver_timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
                       prediction_type: str, loss_kind: str = "huber", huber_c: float = 1e-3) -> torch.Tensor:
-    """The LCD loss (scalar) of one batch: the module docstring's step.
+    """The LCD loss (scalar) of one batch: the module docstring's step. `target` may be the (unwrapped)
+    `student` itself: the LCM-LoRA variant's stop-gradient target (`ldm.lcm_lora`).
 
     latents, noise `(B, C, h, w)` (scaled latents, standard normal); solver_index `(B,)` in [0, N) into
     `solver_timesteps` `(N,)`; w `(B,)`; prompt_embeds `(B, L, D)`; null_embeds `(B, L, D)` (the ε(x) condition);
@@ -196,8 +197,10 @@ def distillation_loss(*, student, target, teacher, latents: torch.Tensor, noise:
     device = latents.device
     alpha_bar = _per_example(alphas_cumprod[timesteps], latents)
     noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-    # The target's config: the student may come wrapped (DDP) without one.
-    w_cond = guidance_embedding(w.cpu(), dim=target.config.time_cond_proj_dim).to(device, latents.dtype)
+    # The target's config: the student may come wrapped (DDP) without one. An LCM-LoRA student
+    # (`ldm.lcm_lora`) has no w input: w then only guides the teacher, and the adapter learns that guidance.
+    w_cond = (guidance_embedding(w.cpu(), dim=target.config.time_cond_proj_dim).to(device, latents.dtype)
+              if uses_guidance_embedding(target) else None)
     common = {"alphas_cumprod": alphas_cumprod, "prediction_type": prediction_type}
 
     output = student(noisy, timesteps.to(device), encoder_hidden_states=prompt_embeds, timestep_cond=w_cond).sample

@@ -118,9 +118,11 @@ def adapter_state_dict(models: dict[str, torch.nn.Module]) -> tuple[dict[str, to
 
 
 def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict, *,
-              lora_format: str = "diffusers", extra: dict[str, torch.Tensor] | None = None) -> Path:
+              lora_format: str = "diffusers", extra: dict[str, torch.Tensor] | None = None,
+              extra_metadata: dict[str, str] | None = None) -> Path:
     """Write an adapter as safetensors in `lora_format` ("diffusers" or "kohya"); return `path`. `extra`
-    tensors are stored beside the adapter's (kohya files: bundled new-token vectors, `ldm.new_tokens`)."""
+    tensors are stored beside the adapter's (kohya files: bundled new-token vectors, `ldm.new_tokens`), and
+    `extra_metadata` entries beside the format's own (an LCM-LoRA's sampling facts, `ldm.lcm_lora`)."""
     if lora_format not in FORMATS:
         raise ValueError(f"LoRA format must be one of {', '.join(FORMATS)}, got {lora_format!r}.")
     path = Path(path)
@@ -131,6 +133,7 @@ def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: d
         packed = {f"{c}.{k}": v for c, entry in metadata.items() for k, v in entry.items()}
         tensors, file_metadata = state_dict, {"format": "pt", METADATA_KEY: json.dumps(packed, sort_keys=True)}
     tensors = {**tensors, **(extra or {})}
+    file_metadata = {**file_metadata, **(extra_metadata or {})}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=file_metadata)
     return path
 

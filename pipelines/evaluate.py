@@ -350,7 +350,7 @@ def prepare_pipeline(config: EvalConfig, out_dir: Path) -> tuple[EvalConfig, obj
     eval_config.json and load the pipeline with its LoRAs: (config as run, pipe, lora records, device)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = resolve_sampling(config.model, given=SamplingDefaults(config.scheduler, config.steps),
-                              usual=SamplingDefaults(DEFAULT_SCHEDULER, EVAL_STEPS))
+                              usual=SamplingDefaults(DEFAULT_SCHEDULER, EVAL_STEPS), loras=config.lora)
     config = dataclasses.replace(config, scheduler=chosen.scheduler, steps=chosen.num_inference_steps)
     save_config(config, out_dir / "eval_config.json")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device

@@ -4,13 +4,19 @@ A distilled few-step model (`distill_ldm.py`) samples with `LCMScheduler` in 1â€
 is a U-Net input, not an Îµ(x) branch; sampled with the usual 25 dpm++ steps it would be slow and wrong. The
 distiller writes `few_step.json` beside `model_index.json`; `ldm-generate` and `ldm-eval` read it through
 `resolve_sampling`, so a value the user gives wins, then the folder's, then the command's usual default. A
-folder with an `LCMScheduler` but no `few_step.json` (a stock LCM download) gets `LCM_STEPS` lcm steps.
+folder with an `LCMScheduler` but no `few_step.json` (a stock LCM download) gets `LCM_STEPS` lcm steps. An
+LCM-LoRA among the `--lora` adapters (`ldm.lcm_lora`: its file's metadata says so) makes any folder few-step:
+its lcm sampler, steps and guidance_scale 1 come before the folder's own.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
+
+from ldm.lcm_lora import read_lcm_lora
+from pipelines.lora import lora_specs
 
 FEW_STEP_FILE = "few_step.json"
 LCM_STEPS = 4  # where LCM (Luo et al. 2023, Table 1) reaches most of its quality
@@ -51,9 +57,21 @@ def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
     return SamplingDefaults()
 
 
-def resolve_sampling(folder: str | Path, *, given: SamplingDefaults, usual: SamplingDefaults) -> SamplingDefaults:
-    """Each field: the user's (`given`, None where not given), else the folder's, else the command's `usual`."""
-    own = read_sampling_defaults(folder)
+def lora_sampling_defaults(loras: Sequence[str]) -> SamplingDefaults | None:
+    """The defaults of the first LCM-LoRA among the `--lora` values (`PATH[:SCALE]`), or None if there is none."""
+    for path, _ in lora_specs(loras):
+        facts = read_lcm_lora(path)
+        if facts is not None:
+            return SamplingDefaults(scheduler=facts["scheduler"], num_inference_steps=facts["num_inference_steps"],
+                                    guidance_scale=facts["guidance_scale"])
+    return None
+
+
+def resolve_sampling(folder: str | Path, *, given: SamplingDefaults, usual: SamplingDefaults,
+                     loras: Sequence[str] = ()) -> SamplingDefaults:
+    """Each field: the user's (`given`, None where not given), else an LCM-LoRA's among `loras`, else the
+    folder's, else the command's `usual`."""
+    own = lora_sampling_defaults(loras) or read_sampling_defaults(folder)
     return SamplingDefaults(**{
         name: next((v for v in (getattr(given, name), getattr(own, name), getattr(usual, name)) if v is not None),
                    None)

@@ -319,7 +319,7 @@ USUAL = SamplingDefaults(DEFAULT_SCHEDULER, 25, DEFAULT_GUIDANCE_SCALE)  # for a
 def with_sampling_defaults(config: GenerateConfig) -> GenerateConfig:
     """`config` with steps, guidance_scale and scheduler filled in: given, else the folder's, else USUAL."""
     given = SamplingDefaults(config.scheduler, config.steps, config.guidance_scale)
-    chosen = resolve_sampling(config.model, given=given, usual=USUAL)
+    chosen = resolve_sampling(config.model, given=given, usual=USUAL, loras=config.lora)
     return dataclasses.replace(config, scheduler=chosen.scheduler, steps=chosen.num_inference_steps,
                                guidance_scale=chosen.guidance_scale)
 

@@ -1,5 +1,5 @@
-"""pipelines/few_step.py (a folder's sampling defaults), ldm-generate picking them up, and the pipeline's single
-U-Net call per step for a guidance-distilled U-Net."""
+"""pipelines/few_step.py (a folder's sampling defaults, or an LCM-LoRA's), ldm-generate picking them up, and the
+pipeline's single U-Net call per step for a guidance-distilled U-Net."""
 import json
 
 import numpy as np
@@ -9,6 +9,8 @@ from diffusers import LCMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from ldm.distill import make_student
+from ldm.lcm_lora import lcm_lora_metadata
+from ldm.lora import adapter_state_dict, add_lora, save_lora
 from ldm.objective import make_noise_scheduler
 from pipelines import generate
 from pipelines.few_step import (FEW_STEP_FILE, LCM_STEPS, SamplingDefaults, read_sampling_defaults,
@@ -59,6 +61,23 @@ def test_given_values_win_then_the_folders_then_the_usual(few_step_folder):
     assert resolve_sampling(few_step_folder, given=SamplingDefaults(), usual=USUAL) == SamplingDefaults("lcm", 2, 3.0)
     given = SamplingDefaults(None, 6, None)
     assert resolve_sampling(few_step_folder, given=given, usual=USUAL) == SamplingDefaults("lcm", 6, 3.0)
+
+
+def test_an_lcm_lora_brings_its_defaults_before_the_folders(few_step_folder, tmp_path):
+    unet = tiny_unet()
+    add_lora(unet, rank=2, targets=["to_q"])
+    state_dict, metadata = adapter_state_dict({"unet": unet})
+    facts = lcm_lora_metadata(num_inference_steps=4, original_inference_steps=50, guidance_weight_range=(1.0, 3.0),
+                              teacher="t")
+    lcm = save_lora(tmp_path / "lcm.safetensors", state_dict, metadata, extra_metadata=facts)
+    plain = save_lora(tmp_path / "plain.safetensors", state_dict, metadata)
+    nothing, lcm_lora = SamplingDefaults(), SamplingDefaults("lcm", 4, 1.0)
+    empty = tmp_path / "model"  # a folder with no defaults of its own
+    assert resolve_sampling(empty, given=nothing, usual=USUAL, loras=[f"{plain}:0.5", f"{lcm}:0.8"]) == lcm_lora
+    assert resolve_sampling(few_step_folder, given=nothing, usual=USUAL, loras=[str(lcm)]) == lcm_lora
+    given = SamplingDefaults("ddim", 8, None)
+    assert resolve_sampling(empty, given=given, usual=USUAL, loras=[str(lcm)]) == SamplingDefaults("ddim", 8, 1.0)
+    assert resolve_sampling(empty, given=nothing, usual=USUAL, loras=[str(plain)]) == USUAL
 
 
 def test_distilled_unet_runs_once_per_step_on_the_unguided_batch(few_step_folder):

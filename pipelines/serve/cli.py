@@ -112,7 +112,8 @@ def build_server(config: ServeConfig):
 
     check_pipeline_folder(config.model)
     # As ldm-generate: the folder's own sampling defaults (a distilled model's few_step.json) unless given.
-    sampling = resolve_sampling(config.model, given=SamplingDefaults(scheduler=config.scheduler), usual=USUAL)
+    sampling = resolve_sampling(config.model, given=SamplingDefaults(scheduler=config.scheduler), usual=USUAL,
+                                loras=config.lora)
     config = dataclasses.replace(config, scheduler=sampling.scheduler)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(config.dtype, device)
