@@ -10,7 +10,6 @@ ignores that attribute at that noise level; the quickstart's model, for instance
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 

@@ -2,7 +2,6 @@
 errors, Ctrl-C."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,46 +9,27 @@ from diffusers import LCMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import distill_ldm
+from distilling import REPO, distill_args, error_lines, make_teacher
 from launching import launch_two_processes
 from interrupting import interrupt_when_training, last_line
-from ldm.objective import make_noise_scheduler
 from pipelines.few_step import FEW_STEP_FILE
-from pipelines.folder import load_pipeline, save_pipeline_folder
-from tiny_components import skip_bitwise_comparison_on_cuda, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from pipelines.folder import load_pipeline
+from tiny_components import skip_bitwise_comparison_on_cuda
 
-REPO = Path(__file__).resolve().parents[1]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A tiny v-prediction teacher folder whose train_config.json names 16 shapes images at 32 px."""
-    root = tmp_path_factory.mktemp("teacher")
-    tokenizer = tiny_tokenizer(root / "tokenizer_src")
-    save_pipeline_folder(root / "teacher", vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
-                         tokenizer=tokenizer, unet=tiny_unet(),
-                         scheduler=make_noise_scheduler(prediction_type="v_prediction"))
-    config = {"data": "shapes", "data_size": 16, "caption_column": "text", "resolution": 32}
-    (root / "teacher" / "train_config.json").write_text(json.dumps(config))
-    return root / "teacher"
-
-
-def _args(teacher, out, *extra):
-    return ["--teacher", str(teacher), "--output-dir", str(out), "--batch-size", "4", "--solver-steps", "10",
-            "--warmup-steps", "1", "--lr", "1e-3", *extra]
-
-
-def _error_lines(stderr: str) -> list[str]:
-    assert "Traceback" not in stderr
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return make_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
     """N steps + resume + N steps == 2N steps, bit for bit (student and target network)."""
     common = ("--checkpoint-every", "2")
-    assert distill_ldm.main(_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
-    assert distill_ldm.main(_args(teacher, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    assert distill_ldm.main(_args(teacher, tmp_path / "split", "--max-steps", "4", "--resume", "latest",
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "2", *common)) == 0
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "4", "--resume", "latest",
                                   *common)) == 0
     straight, split = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("straight", "split"))
     teacher_weights = load_file(str(teacher / UNET_WEIGHTS))
@@ -67,7 +47,7 @@ def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
 @pytest.fixture(scope="module")
 def student_folder(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "out"
-    assert distill_ldm.main(_args(teacher, out, "--max-steps", "2", "--sample-steps", "2",
+    assert distill_ldm.main(distill_args(teacher, out, "--max-steps", "2", "--sample-steps", "2",
                                   "--sample-guidance-scale", "3", "--sample-prompts", "red circle|blue square")) == 0
     return out
 
@@ -99,10 +79,10 @@ def test_output_folder_carries_its_sampling_defaults_and_grids(student_folder):
 
 def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):
     out = tmp_path / "out"
-    code = distill_ldm.main(_args(teacher, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
+    code = distill_ldm.main(distill_args(teacher, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
                                   "--checkpoint-every", "1"))
     assert code == 1
-    err = _error_lines(capsys.readouterr().err)
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: non-finite loss") and "checkpoints/step-" in err[0]
     assert not (out / "model_index.json").exists()
 
@@ -111,8 +91,8 @@ def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):
                                         (["--sample-steps", "20"], "--sample-steps"),
                                         (["--resume", "latest"], "no checkpoint")])
 def test_bad_option_is_a_one_line_error_before_any_work(teacher, tmp_path, capsys, extra, word):
-    assert distill_ldm.main(_args(teacher, tmp_path / "o", *extra)) == 2
-    err = _error_lines(capsys.readouterr().err)
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "o", *extra)) == 2
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and word in err[0]
     assert not (tmp_path / "o" / distill_ldm.CONFIG_FILE).exists()
 
@@ -121,14 +101,14 @@ def test_teacher_that_is_not_a_pipeline_folder_is_a_one_line_error(tmp_path, cap
     code = distill_ldm.main(["--teacher", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o"),
                              "--data", "shapes", "--resolution", "32"])
     assert code == 2
-    err = _error_lines(capsys.readouterr().err)
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "nope" in err[0]
 
 
 @pytest.mark.slow  # a subprocess: ~30 s on 2 busy cores
 def test_ctrl_c_finishes_the_step_saves_it_and_resumes(teacher, tmp_path):
     out = tmp_path / "out"
-    argv = _args(teacher, out, "--checkpoint-every", "0")
+    argv = distill_args(teacher, out, "--checkpoint-every", "0")
     status, stderr = interrupt_when_training([sys.executable, str(REPO / "distill_ldm.py"), *argv,
                                               "--max-steps", "100000"], cwd=REPO)
     assert status == 130 and "Traceback" not in stderr, stderr[-2000:]
@@ -143,11 +123,11 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resumes(teacher, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):
     """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps."""
-    two = _args(teacher, tmp_path / "two", "--max-steps", "3", "--checkpoint-every", "0")
+    two = distill_args(teacher, tmp_path / "two", "--max-steps", "3", "--checkpoint-every", "0")
     two[two.index("--batch-size") + 1] = "2"
     result = launch_two_processes([str(REPO / "distill_ldm.py"), *two], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert distill_ldm.main(_args(teacher, tmp_path / "one", "--max-steps", "3", "--checkpoint-every", "0")) == 0
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "one", "--max-steps", "3", "--checkpoint-every", "0")) == 0
     one, two_w = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("one", "two"))
     for key in one:
         torch.testing.assert_close(two_w[key], one[key], rtol=1e-4, atol=1e-5, msg=key)

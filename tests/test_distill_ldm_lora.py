@@ -10,22 +10,27 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import distill_ldm
+from distilling import REPO, distill_args, error_lines, make_teacher
 from launching import launch_two_processes
 from ldm.lcm_lora import read_lcm_lora
 from ldm.lora import KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME
 from pipelines import generate
-from test_distill_ldm import REPO, _args, _error_lines, teacher  # noqa: F401  (teacher is a fixture)
 from tiny_components import skip_bitwise_comparison_on_cuda
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return make_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def _lora_args(teacher, out, *extra):
     """test_distill_ldm's options, on the 50-step grid a stock LCMScheduler samples from, with a rank-4 adapter."""
-    args = _args(teacher, out, "--lora-rank", "4", "--lora-alpha", "4", *extra)
+    args = distill_args(teacher, out, "--lora-rank", "4", "--lora-alpha", "4", *extra)
     args[args.index("--solver-steps") + 1] = "50"
     return args
 
 
-def test_resume_is_exact_and_only_the_adapter_is_written(teacher, tmp_path):  # noqa: F811
+def test_resume_is_exact_and_only_the_adapter_is_written(teacher, tmp_path):
     """N steps + resume + N steps == 2N steps, bit for bit; the output is an adapter file, not a pipeline."""
     common = ("--checkpoint-every", "2")
     assert distill_ldm.main(_lora_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
@@ -42,14 +47,14 @@ def test_resume_is_exact_and_only_the_adapter_is_written(teacher, tmp_path):  # 
 
 
 @pytest.fixture(scope="module")
-def lcm_lora(teacher, tmp_path_factory):  # noqa: F811
+def lcm_lora(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("lcm_lora") / "out"
     assert distill_ldm.main(_lora_args(teacher, out, "--max-steps", "2", "--w-min", "1", "--w-max", "3",
                                        "--lora-format", "kohya", "--sample-prompts", "red circle|blue square")) == 0
     return out
 
 
-def test_stock_diffusers_samples_the_lcm_lora_as_ldm_generate_does(teacher, lcm_lora, tmp_path):  # noqa: F811
+def test_stock_diffusers_samples_the_lcm_lora_as_ldm_generate_does(teacher, lcm_lora, tmp_path):
     """Stock: from_pretrained(TEACHER) + load_lora_weights(OUT) + LCMScheduler, 4 steps, no CFG. Ours:
     ldm-generate --model TEACHER --lora OUT/... with no sampling flags (the file's metadata sets them)."""
     facts = read_lcm_lora(lcm_lora / LORA_WEIGHTS_NAME)
@@ -80,7 +85,7 @@ def test_stock_diffusers_samples_the_lcm_lora_as_ldm_generate_does(teacher, lcm_
     assert abs(images["plain"] - images["stock"]).max() > 1e-3  # the adapter did change the images
 
 
-def test_ldm_generate_takes_few_step_defaults_from_the_lcm_lora(teacher, lcm_lora, tmp_path):  # noqa: F811
+def test_ldm_generate_takes_few_step_defaults_from_the_lcm_lora(teacher, lcm_lora, tmp_path):
     lora = str(lcm_lora / LORA_WEIGHTS_NAME)
     assert generate.main(["a red circle", "--model", str(teacher), "--lora", lora, "--out", str(tmp_path / "a"),
                           "-n", "1"]) == 0
@@ -94,12 +99,12 @@ def test_ldm_generate_takes_few_step_defaults_from_the_lcm_lora(teacher, lcm_lor
     assert (lcm_lora / "samples" / "final.png").is_file()
 
 
-def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):  # noqa: F811
+def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):
     out = tmp_path / "out"
     code = distill_ldm.main(_lora_args(teacher, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
                                        "--checkpoint-every", "1"))
     assert code == 1
-    err = _error_lines(capsys.readouterr().err)
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: non-finite loss") and "checkpoints/step-" in err[0]
     assert not (out / LORA_WEIGHTS_NAME).exists()
 
@@ -110,15 +115,15 @@ def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):  
     (["--lora-alpha", "8"], "need --lora-rank"),
     (["--lora-rank", "4", "--solver-steps", "50", "--lora-targets", ""], "targets are empty"),
 ])
-def test_bad_lora_option_is_a_one_line_error_before_any_work(teacher, tmp_path, capsys, extra, word):  # noqa: F811
-    assert distill_ldm.main(_args(teacher, tmp_path / "o", *extra)) == 2
-    err = _error_lines(capsys.readouterr().err)
+def test_bad_lora_option_is_a_one_line_error_before_any_work(teacher, tmp_path, capsys, extra, word):
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "o", *extra)) == 2
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and word in err[0]
     assert not (tmp_path / "o" / distill_ldm.CONFIG_FILE).exists()
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):  # noqa: F811
+def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):
     """accelerate launch, 2 CPU processes (gloo) × batch 2 == 1 process × batch 4, after 3 steps. Within lr/10
     as test_train_ldm_lora: Adam turns the all-reduce's reordering of lora_A's near-zero gradients into steps."""
     two = _lora_args(teacher, tmp_path / "two", "--max-steps", "3", "--checkpoint-every", "0")
