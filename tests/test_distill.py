@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionPipeline
 
+from distilling import stock_lcd_loss
 from ldm.distill import (boundary_scalings, consistency_function, consistency_loss, ddim_step, distillation_loss,
                          guidance_embedding, guided_teacher_step, make_student, skipping_timesteps,
                          timestep_condition, update_target, x0_and_eps)
@@ -177,25 +178,10 @@ def test_distillation_loss_against_stock_schedulers(prediction_type):
                              solver_index=index, w=w, prompt_embeds=cond, null_embeds=null, solver_timesteps=grid,
                              alphas_cumprod=noise_scheduler.alphas_cumprod, prediction_type=prediction_type,
                              loss_kind="l2")
-    lcm = LCMScheduler.from_config(noise_scheduler.config, original_inference_steps=50)
-    ddim = DDIMScheduler.from_config(noise_scheduler.config, set_alpha_to_one=False)
-    ddim.set_timesteps(50)
-    diffs = []
-    for b in range(2):
-        t = grid[index[b]]
-        x_t = noise_scheduler.add_noise(latents[b:b + 1], noise[b:b + 1], t[None])
-        emb = guidance_embedding(w[b:b + 1], dim=16)
-        kwargs = {"encoder_hidden_states": cond[b:b + 1], "timestep_cond": emb}
-        with torch.no_grad():
-            lcm.set_timesteps(timesteps=[int(t)])
-            pred = lcm.step(student(x_t, t, **kwargs).sample, t, x_t).denoised
-            c = teacher(x_t, t, encoder_hidden_states=cond[b:b + 1]).sample
-            u = teacher(x_t, t, encoder_hidden_states=null[b:b + 1]).sample
-            x_s = ddim.step(u + (w[b] + 1) * (c - u), t, x_t, eta=0.0).prev_sample
-            lcm.set_timesteps(timesteps=[int(t) - 20])
-            want = lcm.step(target(x_s, t - 20, **kwargs).sample, t - 20, x_s).denoised
-        diffs.append(pred - want)
-    assert loss.item() == pytest.approx(torch.cat(diffs).pow(2).mean().item(), rel=1e-4)
+    want = stock_lcd_loss(student=student, target=target, teacher=teacher, noise_scheduler=noise_scheduler,
+                          grid=grid, latents=latents, noise=noise, index=index, w=w, cond=cond, null=null,
+                          timestep_cond=lambda b: guidance_embedding(w[b:b + 1], dim=16))
+    assert loss.item() == pytest.approx(want, rel=1e-4)
     loss.backward()
     assert student.time_embedding.cond_proj.weight.grad is not None
     assert all(p.grad is None for p in list(target.parameters()) + list(teacher.parameters()))

@@ -29,8 +29,8 @@ def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
     common = ("--checkpoint-every", "2")
     assert distill_ldm.main(distill_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
     assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "4", "--resume", "latest",
-                                  *common)) == 0
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "4",
+                                         "--resume", "latest", *common)) == 0
     straight, split = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("straight", "split"))
     teacher_weights = load_file(str(teacher / UNET_WEIGHTS))
     assert set(straight) == set(teacher_weights) | {"time_embedding.cond_proj.weight"}
@@ -48,7 +48,8 @@ def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
 def student_folder(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "out"
     assert distill_ldm.main(distill_args(teacher, out, "--max-steps", "2", "--sample-steps", "2",
-                                  "--sample-guidance-scale", "3", "--sample-prompts", "red circle|blue square")) == 0
+                                         "--sample-guidance-scale", "3",
+                                         "--sample-prompts", "red circle|blue square")) == 0
     return out
 
 
@@ -79,8 +80,8 @@ def test_output_folder_carries_its_sampling_defaults_and_grids(student_folder):
 
 def test_non_finite_loss_stops_with_one_line_error(teacher, tmp_path, capsys):
     out = tmp_path / "out"
-    code = distill_ldm.main(distill_args(teacher, out, "--max-steps", "6", "--lr", "1e30", "--warmup-steps", "0",
-                                  "--checkpoint-every", "1"))
+    code = distill_ldm.main(distill_args(teacher, out, "--max-steps", "6", "--lr", "1e30",
+                                         "--warmup-steps", "0", "--checkpoint-every", "1"))
     assert code == 1
     err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: non-finite loss") and "checkpoints/step-" in err[0]
@@ -127,7 +128,8 @@ def test_two_processes_match_one_process_with_double_batch(teacher, tmp_path):
     two[two.index("--batch-size") + 1] = "2"
     result = launch_two_processes([str(REPO / "distill_ldm.py"), *two], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert distill_ldm.main(distill_args(teacher, tmp_path / "one", "--max-steps", "3", "--checkpoint-every", "0")) == 0
+    assert distill_ldm.main(distill_args(teacher, tmp_path / "one", "--max-steps", "3",
+                                         "--checkpoint-every", "0")) == 0
     one, two_w = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("one", "two"))
     for key in one:
         torch.testing.assert_close(two_w[key], one[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -2,8 +2,8 @@
 student as its own target), and the file metadata that marks an LCM-LoRA."""
 import pytest
 import torch
-from diffusers import DDIMScheduler, LCMScheduler
 
+from distilling import stock_lcd_loss
 from ldm.distill import distillation_loss, make_student, skipping_timesteps
 from ldm.lcm_lora import LCM_LORA_TARGETS, lcm_lora_metadata, make_lora_student, read_lcm_lora
 from ldm.lora import adapter_state_dict, add_lora, lora_parameters, save_lora
@@ -68,23 +68,9 @@ def test_lora_loss_is_lcd_with_the_student_as_its_own_target(prediction_type):
                              solver_index=index, w=w, prompt_embeds=cond, null_embeds=null, solver_timesteps=grid,
                              alphas_cumprod=noise_scheduler.alphas_cumprod, prediction_type=prediction_type,
                              loss_kind="l2")
-    lcm = LCMScheduler.from_config(noise_scheduler.config, original_inference_steps=50)
-    ddim = DDIMScheduler.from_config(noise_scheduler.config, set_alpha_to_one=False)
-    ddim.set_timesteps(50)
-    diffs = []
-    for b in range(2):
-        t = grid[index[b]]
-        x_t = noise_scheduler.add_noise(latents[b:b + 1], noise[b:b + 1], t[None])
-        with torch.no_grad():
-            lcm.set_timesteps(timesteps=[int(t)])
-            pred = lcm.step(student(x_t, t, encoder_hidden_states=cond[b:b + 1]).sample, t, x_t).denoised
-            c = teacher(x_t, t, encoder_hidden_states=cond[b:b + 1]).sample
-            u = teacher(x_t, t, encoder_hidden_states=null[b:b + 1]).sample
-            x_s = ddim.step(u + (w[b] + 1) * (c - u), t, x_t, eta=0.0).prev_sample
-            lcm.set_timesteps(timesteps=[int(t) - 20])
-            want = lcm.step(student(x_s, t - 20, encoder_hidden_states=cond[b:b + 1]).sample, t - 20, x_s).denoised
-        diffs.append(pred - want)
-    assert loss.item() == pytest.approx(torch.cat(diffs).pow(2).mean().item(), rel=1e-4)
+    want = stock_lcd_loss(student=student, target=student, teacher=teacher, noise_scheduler=noise_scheduler,
+                          grid=grid, latents=latents, noise=noise, index=index, w=w, cond=cond, null=null)
+    assert loss.item() == pytest.approx(want, rel=1e-4)
     loss.backward()
     assert all(p.grad is not None for p in lora_parameters(student))
     assert all(p.grad is None for p in teacher.parameters())
