@@ -1,19 +1,10 @@
 """ldm/data/emoji.py: the emoji set renders real glyphs with CLDR captions and a group-wise split."""
-
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from emoji_font import FONT, needs_font
 from ldm.data import emoji as emoji_data
 from ldm.data import open_dataset
-
-FONT = Path(os.environ.get("LDM_EMOJI_FONT", emoji_data.DEFAULT_FONT))
-needs_font = pytest.mark.skipif(
-    not FONT.is_file(),
-    reason=f"emoji font not installed at {FONT} " "(apt-get install fonts-noto-color-emoji)",
-)
 
 
 def test_group_and_caption_helpers():

@@ -1,17 +1,14 @@
 """ldm/data/emoji.py's held-out skin tones (emoji:heldouttones=1): the pairs never reach a training caption."""
-import os
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from emoji_font import needs_font
 from ldm.data import emoji as emoji_data
 from ldm.data import open_dataset
 
-FONT = Path(os.environ.get("LDM_EMOJI_FONT", emoji_data.DEFAULT_FONT))
-pytestmark = pytest.mark.skipif(
-    not FONT.is_file(), reason=f"emoji font not installed at {FONT} (apt-get install fonts-noto-color-emoji)")
+pytestmark = needs_font
 
 
 def test_tone_helpers():

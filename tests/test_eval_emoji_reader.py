@@ -1,20 +1,14 @@
 """ldm/eval/emoji_reader.py and ldm/eval/tone_reader.py on real glyphs of the installed emoji font."""
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from emoji_font import needs_font
 from ldm.data import emoji as emoji_data
 
-FONT = Path(os.environ.get("LDM_EMOJI_FONT", emoji_data.DEFAULT_FONT))
-pytestmark = [
-    pytest.mark.skipif(not FONT.is_file(),
-                       reason=f"emoji font not installed at {FONT} (apt-get install fonts-noto-color-emoji)"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = [needs_font, pytest.mark.filterwarnings("ignore::UserWarning")]
 pytest.importorskip("emoji", reason="the emoji extra is not installed")
 
 from ldm.eval.emoji_reader import EmojiReader, render_glyphs  # noqa: E402

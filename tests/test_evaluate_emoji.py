@@ -1,21 +1,15 @@
 """pipelines/evaluate_emoji.py (`ldm-eval --task emoji`) end to end on a tiny random pipeline folder."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from emoji_font import needs_font
 from ldm.data import emoji as emoji_data
 
-FONT = Path(os.environ.get("LDM_EMOJI_FONT", emoji_data.DEFAULT_FONT))
-pytestmark = [
-    pytest.mark.skipif(not FONT.is_file(),
-                       reason=f"emoji font not installed at {FONT} (apt-get install fonts-noto-color-emoji)"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = [needs_font, pytest.mark.filterwarnings("ignore::UserWarning")]
 pytest.importorskip("emoji", reason="the emoji extra is not installed")
 
 from ldm.eval.emoji_reader import EmojiReader, render_glyphs  # noqa: E402
