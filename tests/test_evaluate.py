@@ -17,9 +17,8 @@ from ldm.eval import metrics
 from ldm.eval.plot import PLOT_SIZE
 from ldm.eval.attributes import read_scene
 from pipelines import evaluate
-from pipelines.folder import save_pipeline_folder
 from pipelines.schedulers import make_scheduler
-from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+from tiny_components import tiny_pipeline_folder
 
 WEIGHTS, SEEDS, PROMPTS, STEPS, VAE_SAMPLES = (0.0, 3.0), 2, 2, 2, 4
 BATCH = evaluate.EvalConfig(model="x").batch_size  # the fixture's 8 images of a w run in one call
@@ -28,10 +27,7 @@ BATCH = evaluate.EvalConfig(model="x").batch_size  # the fixture's 8 images of a
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    tokenizer = tiny_tokenizer(root / "tokenizer")
-    model = save_pipeline_folder(root / "model", vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
-                                 tokenizer=tokenizer, unet=tiny_unet(),
-                                 scheduler=DDPMScheduler(num_train_timesteps=100))
+    model = tiny_pipeline_folder(root / "model", scheduler=DDPMScheduler(num_train_timesteps=100))
     out = root / "out"
     argv = ["--model", str(model), "--out", str(out), "--weights", ",".join(f"{w:g}" for w in WEIGHTS),
             "--seeds-per-prompt", str(SEEDS), "--prompts-per-split", str(PROMPTS), "--steps", str(STEPS),

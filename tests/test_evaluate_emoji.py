@@ -17,8 +17,7 @@ from ldm.eval.plot import PLOT_SIZE  # noqa: E402
 from ldm.eval.tone_reader import ToneReader  # noqa: E402
 from pipelines import evaluate  # noqa: E402
 from pipelines import evaluate_emoji  # noqa: E402
-from pipelines.folder import save_pipeline_folder  # noqa: E402
-from tiny_components import tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae  # noqa: E402
+from tiny_components import tiny_pipeline_folder  # noqa: E402
 
 WEIGHTS, SEEDS, PROMPTS, STEPS, VAE_SAMPLES = (0.0, 2.0), 2, 2, 2, 4
 
@@ -32,10 +31,7 @@ def readers():
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_emoji")
-    tokenizer = tiny_tokenizer(root / "tokenizer")
-    model = save_pipeline_folder(root / "model", vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
-                                 tokenizer=tokenizer, unet=tiny_unet(),
-                                 scheduler=DDPMScheduler(num_train_timesteps=100))
+    model = tiny_pipeline_folder(root / "model", scheduler=DDPMScheduler(num_train_timesteps=100))
     (model / "train_config.json").write_text(json.dumps({"data": "emoji:heldouttones=1"}))
     out = root / "out"
     argv = ["--task", "emoji", "--model", str(model), "--out", str(out),

@@ -106,15 +106,16 @@ def tiny_vae(seed: int = 0, sample_size: int = 32) -> AutoencoderKL:
     ).eval()
 
 
-def tiny_pipeline_folder(folder: Path, *, unet: UNet2DConditionModel | None = None) -> Path:
-    """A tiny SD-format pipeline folder at `folder` (tiny VAE, text encoder, tokenizer and U-Net, DDPM
-    scheduler): the base the LoRA and serving tests adapt and load. The tokenizer's source files go to
-    `<folder>-tokenizer-src` beside it. Returns `folder`."""
+def tiny_pipeline_folder(folder: Path, *, unet: UNet2DConditionModel | None = None,
+                         scheduler: DDPMScheduler | None = None) -> Path:
+    """A tiny SD-format pipeline folder at `folder` (tiny VAE, text encoder, tokenizer and U-Net; a DDPM
+    scheduler unless given): the base the LoRA, serving and evaluation tests adapt and load. The tokenizer's
+    source files go to `<folder>-tokenizer-src` beside it. Returns `folder`."""
     folder = Path(folder)
     tokenizer = tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
     return save_pipeline_folder(folder, vae=tiny_vae(), text_encoder=tiny_text_encoder(tokenizer),
                                 tokenizer=tokenizer, unet=unet if unet is not None else tiny_unet(),
-                                scheduler=DDPMScheduler())
+                                scheduler=scheduler if scheduler is not None else DDPMScheduler())
 
 
 def skip_bitwise_comparison_on_cuda() -> None:
