@@ -272,7 +272,8 @@ def main(argv=None) -> dict:
         timing.update(sizes(out / name, lora=name.startswith("lora")))
     base_sizes = sizes(Path(args.base), lora=False)
 
-    sets = prompt_sets(args.prompts, load_pipeline(args.base).tokenizer, args.base_prompts)
+    base = load_pipeline(args.base)  # its tokenizer for the prompt sets, its VAE for the ceiling
+    sets = prompt_sets(args.prompts, base.tokenizer, args.base_prompts)
     colour, shape = (str(out / "lora_colour" / LORA_WEIGHTS_NAME), 1.0), (str(out / "lora_shape" /
                                                                                LORA_WEIGHTS_NAME), 1.0)
     models = {"base": (args.base, ()), "lora_colour": (args.base, (colour,)),
@@ -284,8 +285,7 @@ def main(argv=None) -> dict:
               "lora_shape": ["shape_trained", "shape_unseen", "base_seen", "base_held_out", "pink_diamond"],
               "lora_colour+shape": ["pink_diamond", "base_seen", "base_held_out"]}
     guidance = guidance_scale_from_weight(args.w)
-    scores = {"vae ceiling": vae_ceiling(load_pipeline(args.base).vae, count=args.images_per_set,
-                                         resolution=args.resolution)}
+    scores = {"vae ceiling": vae_ceiling(base.vae, count=args.images_per_set, resolution=args.resolution)}
     print("vae ceiling", scores["vae ceiling"], flush=True)
     figure = []
     for name, (folder, loras) in models.items():
