@@ -35,7 +35,6 @@ from ldm.training.periodic import due
 
 logger = logging.getLogger("train_vae")
 
-DEFAULT_PRESET = "cpu-f4"  # used when none of --preset / --config / --pretrained is given
 CONFIG_FILE = "train_config.json"  # the same name as train_ldm.py's
 SAMPLE_IMAGES = 8  # held-out images in each reconstruction grid
 VAL_IMAGES = 256  # held-out images for validation metrics, when the data allows
@@ -47,7 +46,7 @@ class TrainVAEConfig:
 
     data: str = option("", "(required) image source: 'shapes', 'emoji', a folder, a HF save_to_disk folder")
     output_dir: str = option("", "(required) run folder: checkpoints/, logs/, samples/, metrics.json, vae/")
-    preset: Optional[str] = option(None, f"VAE architecture (default {DEFAULT_PRESET})",
+    preset: Optional[str] = option(None, "VAE architecture (default: cpu-f4 up to 32 px, cpu-f8 above; ldm.recipe)",
                                    choices=sorted(VAE_PRESETS))
     config: Optional[str] = option(None, "JSON file of AutoencoderKL arguments instead of a preset")
     pretrained: Optional[str] = option(None, "diffusers VAE folder (or pipeline folder) to fine-tune")
@@ -95,9 +94,8 @@ class TrainVAEConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: only at the end), "
                                  f"got {getattr(self, name)}.")
         self._choices: list[recipe.Choice] = []
-        if self.preset is None and self.config is None and self.pretrained is None:
-            self.preset = DEFAULT_PRESET
-            self._choices.append(recipe.Choice("preset", self.preset, "the VAE the shapes and emoji runs measured"))
+        if self.config is None and self.pretrained is None:
+            self._choices += recipe.fill(self, {"preset": lambda: recipe.vae_preset_for(self.resolution)})
         self._choices += recipe.fill(self, recipe.stage1_rules(self))
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}.")

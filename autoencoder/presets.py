@@ -22,6 +22,13 @@ VAE_PRESETS: dict[str, dict] = {
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=32,
     ),
+    # f = 8 (four blocks, three downsamples): 64 px images <-> 8x8x4 latents, so stage 2 at 64 px costs what it
+    # costs at 32 px with cpu-f4. cpu-f4's widths plus one 64-wide block at 8x8, which adds little to a step.
+    "cpu-f8": dict(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=64,
+    ),
     # The Stable Diffusion v1/v2 VAE architecture (f = 8, 4 latent channels); its weights are not included.
     "sd-f8": dict(
         in_channels=3, out_channels=3, latent_channels=4,

@@ -17,8 +17,12 @@ can be downloaded here).
 Each stock stage trains for as much **CPU time** as the same stage of the defaults arm took, measured on the
 processes themselves (`getrusage`), so that load from other work on the machine favours neither arm; wall times
 are printed too. Both models are then scored by `ldm-eval` with the same prompts, seeds, sampler, steps and
-guidance weights: `ldm-eval` for shapes sources, `benchmarks/patterns.py eval` for its pattern folder
-(`--reader patterns`).
+guidance weights: `ldm-eval` for shapes sources, `ldm-eval --task emoji` for the emoji set (`--reader emoji`,
+with `--data emoji:heldouttones=1 --vae-data emoji` as the quickstart trains it), `benchmarks/patterns.py eval`
+for its pattern folder (`--reader patterns`).
+
+    OMP_NUM_THREADS=2 python benchmarks/defaults_vs_stock.py --reader emoji --data emoji:heldouttones=1 \
+        --vae-data emoji --out runs/dvs_emoji --vae-steps 1500 --ldm-steps 2400
 """
 from __future__ import annotations
 
@@ -99,7 +103,7 @@ def stock_stage2(vae, images: torch.Tensor, captions: list[str], *, budget: floa
                                                 bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id, **STOCK_TEXT))
-    latent = images.shape[-1] // 4
+    latent = images.shape[-1] // 2 ** (len(vae.config.block_out_channels) - 1)
     unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, cross_attention_dim=128,
                                 **STOCK_UNET)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
@@ -138,16 +142,18 @@ def evaluate(model: Path, out: Path, args) -> dict:
                 "--prompts", str(args.prompts), "--seeds", str(args.seeds), "--resolution", str(args.resolution)]
         run_timed(argv, out.with_suffix(".log"))
         report = json.loads((out / "eval.json").read_text())
-        vae = evaluate_vae(AutoencoderKL.from_pretrained(str(model / "vae")), data=args.data, samples=256,
+        vae = evaluate_vae(AutoencoderKL.from_pretrained(str(model / "vae")), data=args.vae_data, samples=256,
                            resolution=args.resolution)
         by_w = {split: {e["w"]: round(100 * e[split], 1) for e in report["sweep"]} for split in ("held_out", "seen")}
         best = report["best"]
         return {"psnr": vae.get("psnr"), "best_w": best["w"], "held_out": round(100 * best["held_out"], 1),
                 "seen": round(100 * best["seen"], 1), "held_out_by_w": by_w["held_out"], "seen_by_w": by_w["seen"]}
+    task = (["--task", "emoji"] if args.reader == "emoji" else
+            ["--objects", str(args.objects), *(["--simple"] if args.simple else [])])
     argv = ["-m", "pipelines.evaluate", "--model", str(model), "--out", str(out), "--weights", args.weights,
             "--steps", "20", "--scheduler", "dpm++", "--resolution", str(args.resolution),
-            "--objects", str(args.objects), "--vae-data", args.data, "--prompts-per-split",
-            str(args.prompts), "--seeds-per-prompt", str(args.seeds), *(["--simple"] if args.simple else [])]
+            "--vae-data", args.vae_data, "--prompts-per-split", str(args.prompts), "--seeds-per-prompt",
+            str(args.seeds), *task]
     run_timed(argv, out.with_suffix(".log"))
     report = json.loads((out / "eval.json").read_text())
     best = report["best"]
@@ -167,9 +173,10 @@ def summary(name: str, scores: dict, times: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="shapes:objects=1", help="the data of both stages and both arms")
-    parser.add_argument("--reader", default="shapes", choices=("shapes", "patterns"),
-                        help="what scores the samples: ldm-eval's shapes reader, or benchmarks/patterns.py's for a "
-                             "folder it made")
+    parser.add_argument("--vae-data", default=None, help="stage 1's data in both arms (default: --data)")
+    parser.add_argument("--reader", default="shapes", choices=("shapes", "emoji", "patterns"),
+                        help="what scores the samples: ldm-eval's shapes or emoji readers, or benchmarks/patterns.py's "
+                             "for a folder it made")
     parser.add_argument("--out", default="runs/defaults_vs_stock")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--vae-steps", type=int, default=1500, help="stage-1 steps of the defaults arm")
@@ -181,16 +188,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="evaluation seeds per prompt")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.vae_data = args.vae_data or args.data
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--data", args.data, "--resolution", str(args.resolution), "--seed", str(args.seed)]
+    common = ["--resolution", str(args.resolution), "--seed", str(args.seed)]
 
     ours: dict = {}
     ours["stage1_cpu"], ours["stage1_wall"] = run_timed(
-        ["train_vae.py", *common, "--output-dir", str(out / "defaults_vae"), "--max-steps", str(args.vae_steps)],
+        ["train_vae.py", "--data", args.vae_data, *common, "--output-dir", str(out / "defaults_vae"),
+         "--max-steps", str(args.vae_steps)],
         out / "defaults_vae.log")
     ours["stage2_cpu"], ours["stage2_wall"] = run_timed(
-        ["train_ldm.py", *common, "--vae", str(out / "defaults_vae" / "vae"), "--output-dir",
+        ["train_ldm.py", "--data", args.data, *common, "--vae", str(out / "defaults_vae" / "vae"), "--output-dir",
          str(out / "defaults"), "--max-steps", str(args.ldm_steps)], out / "defaults.log")
     ours["steps"] = [args.vae_steps, args.ldm_steps]
     print(f"defaults: stage 1 {ours['stage1_cpu']:.0f} CPU s ({ours['stage1_wall']:.0f} s wall), stage 2 "
@@ -198,8 +207,9 @@ def main() -> None:
 
     stock: dict = {}
     cpu, wall = cpu_seconds(), time.perf_counter()
+    vae_images = load_all(args.vae_data, args.resolution)[0]
     images, captions = load_all(args.data, args.resolution)
-    vae, steps1 = stock_stage1(images, budget=ours["stage1_cpu"] - (cpu_seconds() - cpu),
+    vae, steps1 = stock_stage1(vae_images, budget=ours["stage1_cpu"] - (cpu_seconds() - cpu),
                                resolution=args.resolution, seed=args.seed)
     stock["stage1_cpu"], stock["stage1_wall"] = cpu_seconds() - cpu, time.perf_counter() - wall
     cpu, wall = cpu_seconds(), time.perf_counter()

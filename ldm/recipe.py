@@ -21,6 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 # --- Stage 1 (train_vae.py)
+# The VAE by resolution: stage 2's cost grows with the latent area, and 8x8 latents are what stage 2 trains
+# in the quickstart's minutes. cpu-f4 up to 32 px (8x8 latents); cpu-f8 above, so 64 px is 8x8 again: at
+# 64 px a cpu-tiny stage-2 step on 16x16 latents (cpu-f4) cost 2.7 times one on 8x8 (105 vs 283 images/s,
+# batch 64, emoji), while the two VAEs' own steps cost the same (18.7 vs 19.8 images/s, batch 16). f = 8 is
+# also Stable Diffusion's factor (64x64 latents at 512 px).
+VAE_F4_MAX_RESOLUTION = 32
 # From scratch, batch 16 at lr 2e-3 gave the most PSNR per second of the rates and batches tried on the shapes
 # data (cpu-f4); the old 1e-3 at batch 32 reached 29.7 dB where this reaches 32-35 dB in the same time.
 VAE_SCRATCH_LR = 2e-3
@@ -95,6 +101,14 @@ def ema_decay_for(max_steps: int) -> float:
 def training_mode(*, pretrained: str | None, lora_rank: int | None) -> str:
     """'lora', 'finetune' or 'scratch'."""
     return "lora" if lora_rank else "finetune" if pretrained else "scratch"
+
+
+def vae_preset_for(resolution: int) -> tuple[str, str]:
+    """The VAE preset for a from-scratch stage 1 at `resolution`, and why (a rule for `fill`)."""
+    if resolution <= VAE_F4_MAX_RESOLUTION:
+        return "cpu-f4", f"{resolution} px: f = 4 gives {resolution // 4}x{resolution // 4} latents"
+    return "cpu-f8", (f"{resolution} px: f = 8 gives {resolution // 8}x{resolution // 8} latents (f = 4's "
+                      f"{resolution // 4}x{resolution // 4} would make every stage-2 step several times dearer)")
 
 
 def stage1_rules(config: Any) -> dict[str, Callable[[], tuple[Any, str]]]:

@@ -3,7 +3,9 @@
 Resuming a run that was stopped part-way must continue it exactly. A shorter run (`--max-steps N`) is not a
 stopped longer one: the learning-rate schedule (cosine by default) and the EMA decay depend on --max-steps.
 So the exact-resume tests train straight through, cut a copy of that run back to a middle checkpoint, resume
-the copy with the same options, and compare the final weights bit for bit.
+the copy with the same options, and compare the final weights bit for bit. A command whose schedule does not
+depend on --max-steps (the distiller's constant rate) can instead be stopped by a shorter run and resumed
+(`straight_and_resumed`).
 """
 import shutil
 from pathlib import Path
@@ -31,3 +33,15 @@ def cut_back_to(run: Path, step: int, copy: Path) -> Path:
         elif path.exists():
             path.unlink()
     return copy
+
+
+def straight_and_resumed(main, args_for, tmp_path: Path, *, steps: int = 4) -> tuple[Path, Path]:
+    """Run `main(args_for(out, *extra))` for `steps` steps straight into tmp_path/straight, and for `steps // 2`
+    then `--resume latest` up to `steps` into tmp_path/split, checkpointing every `steps // 2`; each run must
+    exit 0. Returns (straight, split). Only for commands whose schedule does not depend on --max-steps."""
+    every = ("--checkpoint-every", str(steps // 2))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(args_for(straight, "--max-steps", str(steps), *every)) == 0
+    assert main(args_for(split, "--max-steps", str(steps // 2), *every)) == 0
+    assert main(args_for(split, "--max-steps", str(steps), "--resume", "latest", *every)) == 0
+    return straight, split

@@ -14,6 +14,7 @@ from launching import launch_two_processes
 from interrupting import interrupt_when_training, last_line
 from pipelines.few_step import FEW_STEP_FILE
 from pipelines.folder import load_pipeline
+from resuming import straight_and_resumed
 from tiny_components import skip_bitwise_comparison_on_cuda
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -26,12 +27,8 @@ def teacher(tmp_path_factory):
 
 def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
     """N steps + resume + N steps == 2N steps, bit for bit (student and target network)."""
-    common = ("--checkpoint-every", "2")
-    assert distill_ldm.main(distill_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
-    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    assert distill_ldm.main(distill_args(teacher, tmp_path / "split", "--max-steps", "4",
-                                         "--resume", "latest", *common)) == 0
-    straight, split = (load_file(str(tmp_path / name / UNET_WEIGHTS)) for name in ("straight", "split"))
+    runs = straight_and_resumed(distill_ldm.main, lambda out, *extra: distill_args(teacher, out, *extra), tmp_path)
+    straight, split = (load_file(str(run / UNET_WEIGHTS)) for run in runs)
     teacher_weights = load_file(str(teacher / UNET_WEIGHTS))
     assert set(straight) == set(teacher_weights) | {"time_embedding.cond_proj.weight"}
     assert any(not torch.equal(straight[k], teacher_weights[k]) for k in teacher_weights)
@@ -39,8 +36,8 @@ def test_resume_is_exact_and_the_student_moves(teacher, tmp_path):
     skip_bitwise_comparison_on_cuda()
     for key in straight:
         assert torch.equal(straight[key], split[key]), key
-    targets = [torch.load(tmp_path / name / "checkpoints" / "step-4" / "custom_checkpoint_1.pkl",
-                          weights_only=True) for name in ("straight", "split")]
+    targets = [torch.load(run / "checkpoints" / "step-4" / "custom_checkpoint_1.pkl", weights_only=True)
+               for run in runs]
     assert all(torch.equal(targets[0][key], targets[1][key]) for key in targets[0])
 
 

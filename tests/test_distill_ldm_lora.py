@@ -15,6 +15,7 @@ from launching import launch_two_processes
 from ldm.lcm_lora import read_lcm_lora
 from ldm.lora import KOHYA_WEIGHTS_NAME, LORA_WEIGHTS_NAME
 from pipelines import generate
+from resuming import straight_and_resumed
 from tiny_components import skip_bitwise_comparison_on_cuda
 
 
@@ -32,15 +33,11 @@ def _lora_args(teacher, out, *extra):
 
 def test_resume_is_exact_and_only_the_adapter_is_written(teacher, tmp_path):
     """N steps + resume + N steps == 2N steps, bit for bit; the output is an adapter file, not a pipeline."""
-    common = ("--checkpoint-every", "2")
-    assert distill_ldm.main(_lora_args(teacher, tmp_path / "straight", "--max-steps", "4", *common)) == 0
-    assert distill_ldm.main(_lora_args(teacher, tmp_path / "split", "--max-steps", "2", *common)) == 0
-    assert distill_ldm.main(_lora_args(teacher, tmp_path / "split", "--max-steps", "4", "--resume", "latest",
-                                       *common)) == 0
-    straight, split = (load_file(str(tmp_path / name / LORA_WEIGHTS_NAME)) for name in ("straight", "split"))
+    runs = straight_and_resumed(distill_ldm.main, lambda out, *extra: _lora_args(teacher, out, *extra), tmp_path)
+    straight, split = (load_file(str(run / LORA_WEIGHTS_NAME)) for run in runs)
     assert straight and all(key.startswith("unet.") and ".lora_" in key for key in straight)
     assert any(key.endswith("lora_B.weight") and value.abs().max() > 0 for key, value in straight.items())
-    assert not (tmp_path / "straight" / "model_index.json").exists()
+    assert not (runs[0] / "model_index.json").exists()
     skip_bitwise_comparison_on_cuda()
     for key in straight:
         assert torch.equal(straight[key], split[key]), key

@@ -154,6 +154,11 @@ def test_emoji_quickstart_holds_tones_out_of_stage_2_and_evaluates_them(tmp_path
     evaluation = parse_config(EvalConfig, commands["eval"][2:])
     assert (evaluation.task, evaluation.model) == ("emoji", str(tmp_path / "stage2"))
     assert parse_config(train_ldm.TrainConfig, commands["stage2"][2:]).text_preset == "tiny"
+    # emoji trains at 64 px, with the f = 8 VAE train_vae picks there; shapes stays at 32 px; a given size wins
+    assert {flag(argv, "--resolution") for argv in commands.values()} == {"64"}
+    assert parse_config(train_vae.TrainVAEConfig, commands["stage1"][2:]).preset == "cpu-f8"
+    assert parse_config(quickstart.QuickstartConfig, []).resolution == 32
+    assert parse_config(quickstart.QuickstartConfig, ["--data", "emoji", "--resolution", "32"]).resolution == 32
     assert quickstart.main(["--data", "emoji", "--simple"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --simple and --objects") and "\n" not in err

@@ -78,6 +78,22 @@ def test_stage1_rate_depends_on_fine_tuning(tmp_path):
     assert [c.name for c in tuned.chosen_defaults] == ["lr"]
 
 
+@pytest.mark.parametrize("resolution, preset, latent", [(16, "cpu-f4", 4), (32, "cpu-f4", 8), (64, "cpu-f8", 8),
+                                                        (128, "cpu-f8", 16)])
+def test_stage1_vae_follows_the_resolution_unless_given(resolution, preset, latent):
+    from autoencoder import build_vae
+    argv = ["--data", "emoji", "--output-dir", "o", "--resolution", str(resolution)]
+    config = parse_config(train_vae.TrainVAEConfig, argv)
+    chosen = {c.name: c.why for c in config.chosen_defaults}
+    assert config.preset == preset and f"{latent}x{latent} latents" in chosen["preset"]
+    vae = build_vae(preset=config.preset, sample_size=resolution)  # the stated latent size is the real one
+    assert resolution // 2 ** (len(vae.config.block_out_channels) - 1) == latent
+    given = parse_config(train_vae.TrainVAEConfig, [*argv, "--preset", "cpu-f4"])
+    assert given.preset == "cpu-f4" and "preset" not in {c.name for c in given.chosen_defaults}
+    config_file = parse_config(train_vae.TrainVAEConfig, [*argv, "--config", "vae.json"])
+    assert config_file.preset is None  # a config file is the architecture; no preset is chosen beside it
+
+
 def test_chosen_values_and_reasons_are_saved_in_the_run_config(tmp_path):
     from ldm.cli import save_config
     config = stage2()

@@ -28,6 +28,19 @@ def test_cpu_f4_downsamples_by_4_and_is_unscaled():
     assert decoded.shape == pixel_values.shape
 
 
+def test_cpu_f8_gives_64_px_images_the_8x8_latents_cpu_f4_gives_32_px():
+    f4, f8 = build_vae(preset="cpu-f4", sample_size=32), build_vae(preset="cpu-f8", sample_size=64)
+    with torch.no_grad():
+        small = f4.encode(torch.rand(1, 3, 32, 32) * 2 - 1).latent_dist.mode()
+        latents = f8.encode(torch.rand(2, 3, 64, 64) * 2 - 1).latent_dist.mode()
+        decoded = f8.decode(latents).sample
+    assert latents.shape[1:] == small.shape[1:] == (4, 8, 8)
+    assert decoded.shape == (2, 3, 64, 64)
+    # the extra 8x8 block is small next to the full-size ones both share
+    extra = sum(p.numel() for p in f8.parameters()) / sum(p.numel() for p in f4.parameters())
+    assert 1.0 < extra < 1.6
+
+
 def test_sd_f8_matches_the_stable_diffusion_vae_size():
     vae = build_vae(preset="sd-f8")
     assert sum(p.numel() for p in vae.parameters()) == SD_VAE_PARAMETERS
