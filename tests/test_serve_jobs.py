@@ -1,5 +1,6 @@
 """pipelines/serve/jobs.py: arrival order, places, cancel; a failure leaves the worker up."""
 
+import json
 import time
 
 import pytest
@@ -75,3 +76,35 @@ def test_with_a_batch_wait_requests_arriving_together_share_the_first_ones_batch
         assert jobs[0].started - jobs[0].created < 5.0
     finally:
         gathering.stop()
+
+
+def test_a_running_job_streams_no_progress_until_the_engine_has_counted_its_steps(queue):
+    """The queue marks a job running just before the engine sets its total; a poll in that gap once streamed
+    "total": 1. The stream waits for the total instead."""
+    import asyncio
+
+    from pipelines.serve.app import POLL_SECONDS, job_events
+    from pipelines.serve.engine import Job
+
+    job = Job(id="gap", request=GenerationRequest(prompt="a red square", steps=5), state="running")
+
+    async def follow():
+        events, reader = [], job_events(queue, job)
+
+        async def consume():
+            async for raw in reader:
+                events.append(json.loads(raw))
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(5 * POLL_SECONDS)
+        unplanned = list(events)
+        job.total_steps, job.step, job.preview_number = 5, 1, 1  # what the engine writes once it has planned
+        await asyncio.sleep(5 * POLL_SECONDS)
+        job.state = "done"
+        await asyncio.wait_for(task, 5)
+        return unplanned, events
+
+    unplanned, events = asyncio.run(follow())
+    assert [e["event"] for e in unplanned] == ["queued"]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and {e["total"] for e in progress} == {5} and events[-1]["event"] == "done"

@@ -234,7 +234,7 @@ def progress(job: Job | None, job_count: int, skip_current_image: bool) -> dict:
     }
     if job is None or job.started is None:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
-    fraction = min(job.step / max(job.total_steps, 1), 1.0)
+    fraction = min(job.step / job.total_steps, 1.0) if job.total_steps else 0.0
     elapsed = time.time() - job.started
     steps = job.request.steps
     state.update(
@@ -254,5 +254,5 @@ def progress(job: Job | None, job_count: int, skip_current_image: bool) -> dict:
         "eta_relative": elapsed / fraction - elapsed if fraction > 0 else 0.0,
         "state": state,
         "current_image": image,
-        "textinfo": f"step {job.step} of {job.total_steps}",
+        "textinfo": f"step {job.step} of {job.total_steps}" if job.total_steps else "starting",
     }

@@ -253,10 +253,11 @@ async def job_events(queue: JobQueue, job: Job):
     try:
         while True:
             position = queue.position(job)
+            planned = job.total_steps is not None  # the engine has counted the job's steps
             if job.state == "queued" and sent != ("queued", position):
                 sent = ("queued", position)
                 yield line({"event": "queued", "job": job.id, "position": position})
-            elif job.state == "running" and sent != ("running", job.preview_number):
+            elif job.state == "running" and planned and sent != ("running", job.preview_number):
                 sent = ("running", job.preview_number)
                 yield line(progress_event(job))
             elif job.state in FINAL_STATES:

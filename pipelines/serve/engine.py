@@ -75,7 +75,9 @@ class Job:
     request: GenerationRequest
     state: str = "queued"  # queued → running → done | cancelled | failed
     step: int = 0  # sampler steps finished, over all batches
-    total_steps: int = 1
+    # None until the engine has planned the job's batches: the queue marks a job running just before that, and a
+    # stream that polled in between reported a total of 1 (seen in the full suite).
+    total_steps: int | None = None
     preview: bytes | None = None  # PNG of the latest preview
     preview_number: int = 0  # counts previews, so a client can tell a new one from the last
     images: list[bytes] = field(default_factory=list)  # PNGs with metadata
