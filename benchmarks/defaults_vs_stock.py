@@ -7,7 +7,8 @@ Arm `defaults` is the run of a new user (issue 18): `train_vae.py --data D --out
 --max-steps S1`, then `train_ldm.py --data D --vae .. --output-dir .. --resolution R --max-steps S2`, nothing else.
 
 Arm `stock` is the loop a user writes from diffusers' training examples with stock parts and the recipe the
-issue names: an `AutoencoderKL` of the same cpu-f4 architecture trained on MSE + 1e-6 KL (AdamW 1e-3, batch 32,
+issue names: an `AutoencoderKL` of the architecture train_vae picks at that resolution (cpu-f4 up to 32 px,
+cpu-f8 above: `ldm.recipe.vae_preset_for`) trained on MSE + 1e-6 KL (AdamW 1e-3, batch 32,
 scaling factor 1/std of its latents); then a `UNet2DConditionModel` with cpu-small's blocks and diffusers'
 32 GroupNorm groups, and a 2-layer `CLIPTextModel` trained with it, v-prediction, AdamW 1e-3 constant,
 conditioning dropout 0.1, an EMA (0.999 with warm-up) of both, the VAE encoding every batch as the diffusers
@@ -43,6 +44,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from autoencoder import measure_scaling_factor
 from autoencoder.presets import VAE_PRESETS
 from ldm.data import open_dataset
+from ldm.recipe import vae_preset_for
 from ldm.tokenizer import train_clip_tokenizer
 from pipelines.evaluate import evaluate_vae
 from pipelines.folder import save_pipeline_folder
@@ -77,7 +79,8 @@ def load_all(data: str, resolution: int) -> tuple[torch.Tensor, list[str]]:
 def stock_stage1(images: torch.Tensor, *, budget: float, resolution: int, seed: int) -> tuple[AutoencoderKL, int]:
     """MSE + KL on a stock AutoencoderKL until `budget` CPU seconds are spent; (vae, steps)."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**{**VAE_PRESETS["cpu-f4"], "sample_size": resolution})
+    preset, _ = vae_preset_for(resolution)  # the same architecture as the defaults arm's
+    vae = AutoencoderKL(**{**VAE_PRESETS[preset], "sample_size": resolution})
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     start, step = cpu_seconds(), 0
     while cpu_seconds() - start < budget:
