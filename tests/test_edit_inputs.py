@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from PIL import Image
-from launching import assert_same_files, launch_two_processes
+from launching import assert_same_files, launch_two_processes, one_thread
 from tiny_components import tiny_inpaint_unet, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
 from pipelines import ImageToImagePipeline
@@ -148,7 +148,8 @@ def test_two_processes_edit_the_same_files_as_one(model, files, tmp_path):
     """`accelerate launch` on CPU (gloo), 2 processes, inpainting: union of outputs == 1-process run."""
     args = ["red circle", "--model", str(model), "--steps", "2", "-n", "3", "--batch-size", "2",
             "--image", str(files / "init.png"), "--mask-image", str(files / "mask.png"), "--keep-unmasked"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    with one_thread():
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
     result = launch_two_processes(["-m", "pipelines.generate", *args, "--out", str(tmp_path / "two")], timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "process 2 of 2" in result.stderr
