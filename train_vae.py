@@ -93,10 +93,7 @@ class TrainVAEConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: only at the end), "
                                  f"got {getattr(self, name)}.")
-        self._choices: list[recipe.Choice] = []
-        if self.config is None and self.pretrained is None:
-            self._choices += recipe.fill(self, {"preset": lambda: recipe.vae_preset_for(self.resolution)})
-        self._choices += recipe.fill(self, recipe.stage1_rules(self))
+        self._choices = recipe.fill(self, recipe.stage1_rules(self))
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}.")
 

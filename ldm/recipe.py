@@ -112,12 +112,16 @@ def vae_preset_for(resolution: int) -> tuple[str, str]:
 
 
 def stage1_rules(config: Any) -> dict[str, Callable[[], tuple[Any, str]]]:
-    """Rules for train_vae.py's TrainVAEConfig."""
+    """Rules for train_vae.py's TrainVAEConfig. A --config file or a --pretrained VAE is the architecture, so
+    the preset is chosen only when neither is given."""
     def lr():
         if config.pretrained:
             return VAE_FINETUNE_LR, "fine-tuning a pretrained VAE: two orders of magnitude below from scratch"
         return VAE_SCRATCH_LR, "from scratch: the most PSNR per second measured on the shapes data"
-    return {"lr": lr}
+    rules = {"lr": lr}
+    if config.config is None and config.pretrained is None:
+        rules = {"preset": lambda: vae_preset_for(config.resolution), **rules}
+    return rules
 
 
 def stage2_rules(config: Any, base_scheduler: dict) -> dict[str, Callable[[], tuple[Any, str]]]:
