@@ -23,7 +23,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import CLIPTokenizer
 
-from autoencoder.presets import build_vae
+from autoencoder.presets import build_vae, vae_scale_factor
 from ldm.attention import ATTENTION_BACKENDS, check_attention, set_attention
 from ldm.bucket_grid import grid_sizes, sample_rows
 from ldm.cli import option, run_command, save_config
@@ -382,7 +382,7 @@ def train(config: TrainConfig) -> Path:
     # Text encoder, U-Net and noise schedule.
     text_encoder, tokenizer, train_text = load_text_side(config, cache.iter_captions, output_dir, accelerator)
     text_encoder.to(accelerator.device)
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(vae)
     sample_sizes = grid_sizes(cache.bucket_sizes, vae_factor=vae_factor) if cache.key["buckets"] else None
     set_seed(config.seed + 1)  # the same U-Net initialisation whatever ran before
     unet = build_unet(preset=config.preset, config_path=config.config, pretrained=config.pretrained,

@@ -62,6 +62,11 @@ def build_vae(
     return AutoencoderKL(**kwargs)
 
 
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent cell along each side: 2 ** (number of VAE blocks - 1), as diffusers' pipelines count."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def _preset_kwargs(preset: str) -> dict:
     if preset not in VAE_PRESETS:
         raise ValueError(f"Unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}.")

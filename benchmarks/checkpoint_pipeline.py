@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from autoencoder.presets import build_vae
+from autoencoder.presets import build_vae, vae_scale_factor
 from ldm.objective import make_noise_scheduler
 from ldm.text_encoder import build_text_encoder, load_text_encoder
 from ldm.unet import build_unet
@@ -32,7 +32,7 @@ def build(run: Path, step_dir: Path, out: Path) -> Path:
     else:
         tokenizer = CLIPTokenizer.from_pretrained(str(run / "tokenizer"))
         text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config["text_preset"])
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     unet = build_unet(preset=config["preset"], config_path=config["config"], pretrained=config["pretrained"],
                       cross_attention_dim=text_encoder.config.hidden_size,
                       sample_size=config["resolution"] // factor, in_channels=vae.config.latent_channels,

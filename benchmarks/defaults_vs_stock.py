@@ -41,7 +41,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from autoencoder import measure_scaling_factor
+from autoencoder import measure_scaling_factor, vae_scale_factor
 from autoencoder.presets import VAE_PRESETS
 from ldm.data import open_dataset
 from ldm.recipe import vae_preset_for
@@ -106,7 +106,7 @@ def stock_stage2(vae, images: torch.Tensor, captions: list[str], *, budget: floa
                                                 bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id, **STOCK_TEXT))
-    latent = images.shape[-1] // 2 ** (len(vae.config.block_out_channels) - 1)
+    latent = images.shape[-1] // vae_scale_factor(vae)
     unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, cross_attention_dim=128,
                                 **STOCK_UNET)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")

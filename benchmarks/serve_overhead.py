@@ -132,7 +132,7 @@ def architecture_folder(train_config: Path, out_dir: Path) -> Path:
     """A pipeline folder shaped as `train_ldm` with `train_config` would save it, untrained but for the VAE."""
     from transformers import CLIPTokenizer
 
-    from autoencoder.presets import build_vae
+    from autoencoder.presets import build_vae, vae_scale_factor
     from ldm.objective import make_noise_scheduler
     from ldm.text_encoder import build_text_encoder
     from ldm.unet import build_unet
@@ -143,7 +143,7 @@ def architecture_folder(train_config: Path, out_dir: Path) -> Path:
     vae = build_vae(pretrained=config["vae"])
     tokenizer = CLIPTokenizer.from_pretrained(str(train_config.parent / "tokenizer"))
     text_encoder = build_text_encoder(tokenizer=tokenizer, preset=config["text_preset"])
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     unet = build_unet(
         preset=config["preset"],
         cross_attention_dim=text_encoder.config.hidden_size,

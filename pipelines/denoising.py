@@ -19,6 +19,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from autoencoder.presets import vae_scale_factor
 from ldm.conditioning import encode_prompt, null_prompt_embeds
 from ldm.distill import timestep_condition, uses_guidance_embedding
 from ldm.guidance import apply_guidance, cfg_batch, do_guidance
@@ -55,7 +56,7 @@ class DenoisingPipeline(DiffusionPipeline):
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side: 2 ** (number of VAE down blocks - 1)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @property
     def default_size(self) -> int:
