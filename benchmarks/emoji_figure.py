@@ -11,11 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ldm.eval.emoji_reader import render_glyphs
 from ldm.grid import make_grid
+from pipelines.evaluate_emoji import EmojiPrompt, grid_tiles
 
 SEEDS = 4
 CELL = 96  # pixels per tile: 32 and 64 px samples scale up by a whole factor
@@ -35,10 +35,10 @@ def panel(report: dict, eval_dir: Path, split: str, w: float, rows: int, glyphs)
     for prompt in prompts:
         samples = [s for s in report["samples"]
                    if s["w"] == w and s["split"] == split and s["prompt"] == prompt["prompt"]][:SEEDS]
-        real = Image.fromarray((glyphs.pixels[glyph_of[prompt["sequence"]]] * 255).round().astype(np.uint8))
-        images = [real, *(Image.open(eval_dir / s["file"]).convert("RGB") for s in samples)]
-        scale = max(1, CELL // real.width)
-        tiles += [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
+        images = [Image.open(eval_dir / s["file"]).convert("RGB") for s in samples]
+        row, _ = grid_tiles(glyphs.pixels[glyph_of[prompt["sequence"]]], images, EmojiPrompt(**prompt),
+                            max(1, CELL // glyphs.pixels.shape[1]))
+        tiles += row
         captions += [prompt["prompt"], *(_verdict(s) for s in samples)]
     return make_grid(tiles, captions=captions, ncols=1 + SEEDS)
 

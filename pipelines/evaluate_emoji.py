@@ -96,7 +96,8 @@ def read_samples(images, item: EmojiPrompt, reader: EmojiReader, tone_reader: To
     return rows
 
 
-def _grid_tiles(glyph: np.ndarray, images, item: EmojiPrompt, scale: int) -> tuple[list, list]:
+def grid_tiles(glyph: np.ndarray, images, item: EmojiPrompt, scale: int) -> tuple[list, list]:
+    """One grid row: the real glyph, then `images`, all enlarged `scale` times; and its captions."""
     real = Image.fromarray((glyph * 255).round().astype(np.uint8))
     tiles = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in [real, *images]]
     return tiles, [f"{SPLIT_LABELS[item.split]}: {item.prompt}"] + [""] * len(images)
@@ -118,7 +119,7 @@ def run_emoji_sweep(pipe, prompts: list[EmojiPrompt], config: EvalConfig, out_di
             if len(images) > 1:
                 diversities.append({"w": w, "split": item.split, "prompt": item.prompt,
                                     "diversity": metrics.diversity(images)})
-            new_tiles, new_captions = _grid_tiles(glyphs.pixels[glyph_of[item.sequence]], images[:shown],
+            new_tiles, new_captions = grid_tiles(glyphs.pixels[glyph_of[item.sequence]], images[:shown],
                                                   item, max(1, GRID_CELL // config.resolution))
             tiles, captions = tiles + new_tiles, captions + new_captions
         make_grid(tiles, captions=captions, ncols=1 + shown).save(out_dir / f"grid_w{w:g}.png")
