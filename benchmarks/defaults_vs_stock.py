@@ -210,8 +210,8 @@ def main() -> None:
 
     stock: dict = {}
     cpu, wall = cpu_seconds(), time.perf_counter()
-    vae_images = load_all(args.vae_data, args.resolution)[0]
     images, captions = load_all(args.data, args.resolution)
+    vae_images = images if args.vae_data == args.data else load_all(args.vae_data, args.resolution)[0]
     vae, steps1 = stock_stage1(vae_images, budget=ours["stage1_cpu"] - (cpu_seconds() - cpu),
                                resolution=args.resolution, seed=args.seed)
     stock["stage1_cpu"], stock["stage1_wall"] = cpu_seconds() - cpu, time.perf_counter() - wall
